@@ -1,0 +1,394 @@
+//! How a child starts: the start-up hook, the messages between parent and child, and the
+//! child's life from its first instruction to `_exit`.
+//!
+//! # The hook
+//!
+//! `spawn` and `forkserver` run the program's own executable again, so the child begins in
+//! `main`. The first thing `main` does is call [`init`] (or carry `#[multiproc::main]`): in the
+//! main process it only records that the hook exists and returns; in a child it finds the
+//! environment variable `MULTIPROC_BOOTSTRAP` naming an inherited socket, reads its
+//! instructions from the parent on it, runs them and exits — it never returns into `main`.
+//!
+//! A parent refuses to spawn when its own `main` never called the hook: the child would run
+//! the same `main`, never reach the hook either, and redo the parent's work. The refusal is
+//! immediate and names the fix. A child that reaches multiproc without the hook having taken
+//! its instructions (the hook was called too late) reports that to the parent and exits.
+//!
+//! In a test binary there is no `main` of the user's: `#[multiproc::test]` makes the test
+//! function the hook, and the child is started as `<test binary> --exact <that test>
+//! --nocapture`, with libtest's own banner sent to /dev/null and the real standard output
+//! handed over on the socket.
+//!
+//! # The messages
+//!
+//! Parent to child, once: [`Bootstrap`]. Child (or the forkserver) to parent: [`Report`]s, at
+//! most a few small frames; a large result travels in a memfd whose descriptor rides along.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::callable::{self, Callable, CallableSpec};
+use crate::codec;
+use crate::context::StartMethod;
+use crate::process::{registry, tree};
+use crate::start::forkserver::{self, ServerAddr};
+use crate::sys;
+
+/// The environment variable naming a child's inherited socket.
+pub(crate) const ENV_BOOTSTRAP: &str = "MULTIPROC_BOOTSTRAP";
+
+/// How long a child waits for its instructions, and a parent for a forkserver to come up.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Results larger than this travel in a memfd rather than on the socket.
+const INLINE_RESULT_MAX: usize = 32 * 1024;
+
+/// Everything a child needs from its parent.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Bootstrap {
+    pub(crate) build_id: Vec<u8>,
+    pub(crate) me: tree::Me,
+    pub(crate) forkserver: Option<ServerAddr>,
+    pub(crate) start_method: Option<StartMethod>,
+    /// The parent's hook, so the child starts its own children the same way.
+    pub(crate) hook: HookMode,
+    /// The real standard output rides along as a descriptor (test binaries).
+    pub(crate) stdout_attached: bool,
+    pub(crate) task: Task,
+}
+
+/// What the child is for.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Task {
+    /// Run a function with encoded arguments and send back its encoded result.
+    Run { callable: CallableSpec, args: Vec<u8> },
+    /// Become the forkserver.
+    Forkserver,
+}
+
+/// Child (or forkserver) to parent.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Report {
+    Outcome(Outcome),
+    /// From the forkserver: how its child ended.
+    Exit(sys::RawExit),
+    /// From a new forkserver: where it listens.
+    ForkserverReady(ServerAddr),
+}
+
+/// How the target ended, as the child itself reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded value the target returned.
+    Returned(Vec<u8>),
+    /// The same, in the memfd attached to the frame.
+    ReturnedInFd(u64),
+    Panicked { message: String, location: Option<String> },
+    /// The child could not run the target.
+    Failed(String),
+}
+
+/// Which hook this process called, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HookMode {
+    /// `init()` from `main`; spawned children get these arguments.
+    Main { args: Vec<OsString>, arg0: Option<OsString> },
+    /// `#[multiproc::test]`; spawned children run this test.
+    Test { entry: String },
+    /// `init()` from a thread other than the main one (a plain `#[test]`).
+    OffMainThread,
+}
+
+static HOOK: Mutex<Option<HookMode>> = Mutex::new(None);
+
+fn set_hook(mode: HookMode) {
+    let mut hook = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    // A test binary keeps its first test entry.
+    if hook.is_none() {
+        *hook = Some(mode);
+    }
+}
+
+/// The hook this process called.
+pub(crate) fn hook_mode() -> Option<HookMode> {
+    HOOK.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The fix, for the error when the hook is missing.
+pub(crate) const HOOK_MISSING: &str = "the spawn and forkserver start methods run this program again in the child, \
+so its main must call multiproc's start-up hook first: put #[multiproc::main] on fn main \
+(or call multiproc::init() as its first line; in tests use #[multiproc::test]), or use the fork start method";
+
+/// The error when `init` was called off the main thread.
+pub(crate) const HOOK_OFF_MAIN: &str = "multiproc::init() was called outside the main thread (in a plain #[test]?): \
+the child could not find it again; use #[multiproc::test] on test functions, and call \
+multiproc::init() only as the first line of fn main";
+
+/// The start-up hook. Call it as the very first line of `main` (or put `#[multiproc::main]`
+/// on `main`, which does it for you).
+///
+/// In the main process it returns at once. In a child started by `spawn` or `forkserver` it
+/// runs the child's function and exits the process: it never returns there.
+///
+/// Programs that only use the `fork` start method do not need it; programs using `spawn`
+/// or `forkserver` (the default) get a clear error from [`Process::start`](crate::Process::start)
+/// without it.
+///
+/// # Examples
+///
+/// ```
+/// fn main() {
+///     multiproc::init();
+///     // ... the program ...
+/// }
+/// ```
+pub fn init() {
+    if let Some(value) = std::env::var_os(ENV_BOOTSTRAP) {
+        sys::remove_env_var_at_startup(ENV_BOOTSTRAP);
+        child_main(&value);
+    }
+    if std::thread::current().name() == Some("main") {
+        let mut args = std::env::args_os();
+        let arg0 = args.next();
+        set_hook(HookMode::Main { args: args.collect(), arg0 });
+    } else {
+        set_hook(HookMode::OffMainThread);
+    }
+}
+
+/// The hook `#[multiproc::test]` calls; `path` is `module_path!()::fn_name`.
+#[doc(hidden)]
+pub fn test_hook(path: &str) {
+    if let Some(value) = std::env::var_os(ENV_BOOTSTRAP) {
+        sys::remove_env_var_at_startup(ENV_BOOTSTRAP);
+        child_main(&value);
+    }
+    // libtest names tests by their path without the crate name.
+    let entry = path.split_once("::").map_or(path, |(_, rest)| rest).to_owned();
+    set_hook(HookMode::Test { entry });
+}
+
+/// Called by every entry point that could start processes: a child whose instructions are
+/// still waiting reached multiproc without the hook having run, so it reports that to its
+/// parent and exits rather than redo the parent's work.
+pub(crate) fn ensure_not_pending_child() {
+    let Some(value) = std::env::var_os(ENV_BOOTSTRAP) else { return };
+    if hook_mode().is_some() {
+        return;
+    }
+    if let Some(channel) = parse_fd(&value).and_then(sys::adopt_inherited_socket) {
+        let msg = "the child reached multiproc before its start-up hook ran: call multiproc::init() \
+                   as the very first line of main (or use #[multiproc::main])";
+        eprintln!("multiproc: {msg}");
+        send_report(&channel, &Report::Outcome(Outcome::Failed(msg.to_owned())), &[]);
+        let _ = std::io::stderr().flush();
+        sys::exit_now(1);
+    }
+}
+
+fn parse_fd(value: &std::ffi::OsStr) -> Option<i32> {
+    value.to_str()?.parse().ok()
+}
+
+/// The socket to the parent, once this process is a child (used by the panic hook).
+static TO_PARENT: Mutex<Option<UnixStream>> = Mutex::new(None);
+
+/// Locks the channel to the parent (held across `fork`).
+pub(crate) fn lock_to_parent() -> std::sync::MutexGuard<'static, Option<UnixStream>> {
+    TO_PARENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn send_report(channel: &UnixStream, report: &Report, fds: &[std::os::fd::BorrowedFd<'_>]) {
+    if let Ok(bytes) = codec::encode(report) {
+        let _ = sys::send_frame(channel.as_fd(), &bytes, fds, None);
+    }
+}
+
+fn fail(channel: &UnixStream, msg: String) -> ! {
+    eprintln!("multiproc: {msg}");
+    send_report(channel, &Report::Outcome(Outcome::Failed(msg)), &[]);
+    let _ = std::io::stderr().flush();
+    sys::exit_now(1)
+}
+
+/// A spawned child (or a forkserver) starting up: read the instructions, check them, run.
+fn child_main(value: &std::ffi::OsStr) -> ! {
+    let Some(channel) = parse_fd(value).and_then(sys::adopt_inherited_socket) else {
+        eprintln!(
+            "multiproc: {ENV_BOOTSTRAP}={} does not name this child's socket; was the variable \
+             copied from another process?",
+            value.to_string_lossy()
+        );
+        sys::exit_now(1)
+    };
+    run_from_channel(channel)
+}
+
+/// Reads a [`Bootstrap`] from `channel` and carries it out (spawned children and forkserver
+/// children both come here).
+pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
+    let mut reader = sys::FrameReader::default();
+    let frame = match reader.recv_frame(channel.as_fd(), Some(HANDSHAKE_TIMEOUT)) {
+        Ok(Some(f)) => f,
+        Ok(None) => fail(&channel, "the parent sent no instructions in time".to_owned()),
+        Err(e) => {
+            // The parent is gone: nobody to tell.
+            eprintln!("multiproc: child could not read its instructions: {e}");
+            sys::exit_now(1)
+        }
+    };
+    let boot: Bootstrap = match codec::decode(&frame.bytes) {
+        Ok(b) => b,
+        Err(e) => fail(&channel, format!("bad instructions from the parent: {e}")),
+    };
+    let mine = callable::build_identity();
+    if boot.build_id != mine {
+        fail(
+            &channel,
+            format!(
+                "this child runs a different build of the program than its parent \
+                 (child build {}, parent build {}); a child must run its parent's own executable",
+                callable::hex(mine),
+                callable::hex(&boot.build_id)
+            ),
+        );
+    }
+    if boot.stdout_attached {
+        if let Some(fd) = frame.fds.first() {
+            let _ = sys::set_stdout(fd.as_fd());
+        }
+    }
+    drop(frame.fds);
+    *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(boot.hook.clone());
+    let daemon = boot.me.daemon;
+    tree::become_(boot.me);
+    forkserver::set_inherited(boot.forkserver);
+    if let Some(m) = boot.start_method {
+        crate::context::inherit_start_method(m);
+    }
+    match boot.task {
+        Task::Run { callable, args } => match Callable::from_spec(callable) {
+            Ok(c) => run_child(c, &args, channel, daemon),
+            Err(e) => fail(&channel, format!("cannot find the function to run: {e}")),
+        },
+        Task::Forkserver => forkserver::serve(channel),
+    }
+}
+
+/// The child's life once it knows what to run: watch the parent (daemons), run the target
+/// catching panics, report, then end like CPython (terminate daemonic children, join the
+/// others, flush) with the exit code: 0, or 1 after a panic or failure.
+pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, daemon: bool) -> ! {
+    if daemon {
+        watch_parent(&channel);
+    }
+    *lock_to_parent() = Some(channel);
+    install_panic_hook();
+    let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args)));
+    let code = match result {
+        Ok(Ok(bytes)) => {
+            report_result(bytes);
+            0
+        }
+        Ok(Err(e)) => {
+            let name = tree::with(|me| me.name.clone());
+            eprintln!("Process {name}:\n{e}");
+            report(Report::Outcome(Outcome::Failed(e.to_string())));
+            1
+        }
+        // The panic hook has printed and reported it.
+        Err(_) => 1,
+    };
+    exit_child(code)
+}
+
+/// Ends a child process: CPython's rule for its own children, flush, `_exit`.
+pub(crate) fn exit_child(code: i32) -> ! {
+    registry::finish_children();
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code)
+}
+
+fn report(r: Report) {
+    if let Some(channel) = lock_to_parent().as_ref() {
+        send_report(channel, &r, &[]);
+    }
+}
+
+fn report_result(bytes: Vec<u8>) {
+    if bytes.len() <= INLINE_RESULT_MAX {
+        return report(Report::Outcome(Outcome::Returned(bytes)));
+    }
+    match sys::memfd_with(&bytes) {
+        Ok(fd) => {
+            if let Some(channel) = lock_to_parent().as_ref() {
+                let r = Report::Outcome(Outcome::ReturnedInFd(bytes.len() as u64));
+                send_report(channel, &r, &[fd.as_fd()]);
+            }
+        }
+        Err(e) => report(Report::Outcome(Outcome::Failed(format!("cannot pass the result back: {e}")))),
+    }
+}
+
+thread_local! {
+    static IS_TARGET_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// On the target's thread a panic prints `Process <name>:` and the message with its location,
+/// and is reported to the parent from inside the hook, so it is known even under
+/// `panic = "abort"`. Panics on other threads of the child keep the default report.
+fn install_panic_hook() {
+    IS_TARGET_THREAD.with(|t| t.set(true));
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if !IS_TARGET_THREAD.with(|t| t.get()) {
+            return default(info);
+        }
+        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "Box<dyn Any>".to_owned()
+        };
+        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let name = tree::with(|me| me.name.clone());
+        let at = location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default();
+        eprintln!("Process {name}:\npanicked{at}:\n{message}");
+        report(Report::Outcome(Outcome::Panicked { message, location }));
+    }));
+}
+
+/// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread
+/// waits for the parent's end of the channel to close, then kills this process.
+fn watch_parent(channel: &UnixStream) {
+    let Ok(watch) = channel.try_clone() else { return };
+    let _ = std::thread::Builder::new().name("multiproc-parent-watch".to_owned()).spawn(move || {
+        // The parent never writes after the instructions: readable means end of file.
+        loop {
+            match sys::wait_readable(watch.as_fd(), None) {
+                Ok(true) => sys::kill_self(),
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// The standard output a spawned test child should use, when running under libtest.
+pub(crate) fn stdout_for_child() -> Option<OwnedFd> {
+    matches!(hook_mode(), Some(HookMode::Test { .. })).then(|| sys::dup_stdout().ok()).flatten()
+}
+
+/// The raw number of the channel, for the environment variable.
+pub(crate) fn fd_env_value(channel: &impl AsRawFd) -> String {
+    channel.as_raw_fd().to_string()
+}

@@ -1,0 +1,169 @@
+//! How a child finds the function it must run.
+//!
+//! # Safety
+//!
+//! This file opts in to `unsafe` for one thing: turning a code address received from the
+//! parent back into a function pointer. It is sound only when the child runs the very same
+//! executable image as the parent, so before any address is used:
+//!
+//! 1. the child compares its **build identity** (the ELF GNU build-id, or a SHA-256 of the
+//!    executable file when there is none) with the parent's, and refuses on any difference;
+//! 2. the address is rebuilt as `anchor + offset`, where `anchor` is the address of a function
+//!    in this crate and the offset was computed the same way in the parent, so ASLR cancels;
+//! 3. the result must fall inside the executable's own mapped image.
+//!
+//! The pair sent is a *runner* (a monomorphised `run_target::<A, R>`, whose type is fixed:
+//! [`Runner`]) and the *target* (`fn(A) -> R`); only the runner, which knows `A` and `R`,
+//! turns the target address back into its real type. Messages carrying these addresses come
+//! only from an authenticated peer: an inherited socket from the parent itself, or a
+//! forkserver connection that proved it holds the program's authkey.
+
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::codec;
+
+/// What a runner returns: the encoded result of the target, or why it could not run.
+pub(crate) type RunResult = Result<Vec<u8>, RunError>;
+
+/// The type-erased entry every target is called through.
+pub(crate) type Runner = fn(usize, &[u8]) -> RunResult;
+
+/// Why a target could not run or its result could not be sent.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub(crate) enum RunError {
+    #[error("the child could not decode its arguments: {0}")]
+    DecodeArgs(String),
+    #[error("the child could not encode its result: {0}")]
+    EncodeResult(String),
+}
+
+/// A function the child will run: a runner that knows the types, and the target itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Callable {
+    runner: Runner,
+    target: usize,
+}
+
+/// A [`Callable`] as it travels to another process: offsets from the anchor.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct CallableSpec {
+    runner: u64,
+    target: u64,
+}
+
+/// Why a [`CallableSpec`] was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum CallableError {
+    #[error("the function at {0:#x} is not in the program's executable image (a function from a shared library cannot be started in another process)")]
+    OutsideImage(usize),
+    #[error("cannot locate the executable image: {0}")]
+    NoImage(String),
+}
+
+/// The fixed point offsets are measured from. Never inlined, so it has an address.
+#[inline(never)]
+fn anchor() -> usize {
+    anchor as fn() -> usize as usize
+}
+
+/// The `[start, end)` range of the executable's mapped image, read once.
+fn image_range() -> Result<(usize, usize), CallableError> {
+    static RANGE: OnceLock<Result<(usize, usize), String>> = OnceLock::new();
+    RANGE
+        .get_or_init(|| crate::sys::image_range_containing(anchor()).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(CallableError::NoImage)
+}
+
+fn check_in_image(addr: usize) -> Result<(), CallableError> {
+    let (lo, hi) = image_range()?;
+    if (lo..hi).contains(&addr) { Ok(()) } else { Err(CallableError::OutsideImage(addr)) }
+}
+
+/// Decodes the arguments, calls the target, encodes its result.
+fn run_target<A: DeserializeOwned, R: Serialize>(target: usize, args: &[u8]) -> RunResult {
+    // SAFETY:
+    // - `target` was produced by `Callable::new::<A, R>` from a `fn(A) -> R` (in this process,
+    //   or in an identical image, checked by build identity and rebuilt from the same anchor),
+    //   and this very monomorphisation is the runner that was paired with it, so the pointer
+    //   has exactly the type `fn(A) -> R`;
+    // - function pointers and `usize` have the same size on every supported target.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(target) };
+    let args: A = codec::decode(args).map_err(|e| RunError::DecodeArgs(e.to_string()))?;
+    let result = f(args);
+    codec::encode(&result).map_err(|e| RunError::EncodeResult(e.to_string()))
+}
+
+impl Callable {
+    /// Wraps a target; the types travel in the runner.
+    pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Self {
+        Self { runner: run_target::<A, R>, target: f as usize }
+    }
+
+    /// Runs it here.
+    pub(crate) fn call(&self, args: &[u8]) -> RunResult {
+        (self.runner)(self.target, args)
+    }
+
+    /// The form that crosses to another process.
+    pub(crate) fn to_spec(self) -> Result<CallableSpec, CallableError> {
+        let base = anchor();
+        let runner = self.runner as usize;
+        check_in_image(runner)?;
+        check_in_image(self.target)?;
+        Ok(CallableSpec {
+            runner: runner.wrapping_sub(base) as u64,
+            target: self.target.wrapping_sub(base) as u64,
+        })
+    }
+
+    /// Rebuilds a callable received from the parent.
+    ///
+    /// The caller must have checked that the parent's build identity equals
+    /// [`build_identity`] (the bootstrap does so before calling this).
+    pub(crate) fn from_spec(spec: CallableSpec) -> Result<Self, CallableError> {
+        let base = anchor();
+        let runner = base.wrapping_add(spec.runner as usize);
+        let target = base.wrapping_add(spec.target as usize);
+        check_in_image(runner)?;
+        check_in_image(target)?;
+        // SAFETY:
+        // - the parent computed `spec.runner` as (address of a `Runner`) - anchor in an image
+        //   with the same build identity as ours (checked by the caller), so adding our anchor
+        //   gives the address of that same function here, which has type `Runner`;
+        // - the address lies inside our executable image (checked just above).
+        let runner = unsafe { std::mem::transmute::<usize, Runner>(runner) };
+        Ok(Self { runner, target })
+    }
+}
+
+/// This executable's build identity: its GNU build-id, or a SHA-256 of the file.
+///
+/// Computed once per process. Two processes may exchange code offsets only if their
+/// identities are equal.
+pub(crate) fn build_identity() -> &'static [u8] {
+    static ID: OnceLock<Vec<u8>> = OnceLock::new();
+    ID.get_or_init(|| {
+        let exe = crate::sys::self_exe();
+        match crate::sys::elf_build_id(exe) {
+            Ok(Some(id)) => id,
+            _ => {
+                use sha2::Digest;
+                match std::fs::read(exe) {
+                    Ok(bytes) => sha2::Sha256::digest(&bytes).to_vec(),
+                    // Unreadable executable: an identity no other process can match.
+                    Err(_) => crate::sys::random_bytes::<32>().to_vec(),
+                }
+            }
+        }
+    })
+}
+
+/// Renders an identity for error messages.
+pub(crate) fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,37 @@
+//! The default serde codec: every argument, result and control message crosses a process
+//! boundary in this format.
+//!
+//! It is [`postcard`]: compact, stable (its wire format is frozen at 1.0), well kept, and fast
+//! for the small messages that dominate here. A pickle codec for talking to CPython peers
+//! comes with connections.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct CodecError {
+    context: &'static str,
+    message: String,
+}
+
+impl CodecError {
+    pub(crate) fn new(context: &'static str, e: impl std::fmt::Display) -> Self {
+        Self { context, message: e.to_string() }
+    }
+}
+
+/// Encodes a value.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_stdvec(value).map_err(|e| CodecError::new("cannot encode value", e))
+}
+
+/// Decodes a value; trailing bytes are an error.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| CodecError::new("cannot decode value", e))?;
+    if !rest.is_empty() {
+        return Err(CodecError::new("cannot decode value", "trailing bytes"));
+    }
+    Ok(value)
+}

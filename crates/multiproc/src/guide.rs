@@ -1,0 +1,22 @@
+//! Python's `multiprocessing`, name by name, and where it is here.
+//!
+//! | Python | multiproc | notes |
+//! |---|---|---|
+//! | `Process(target=f, args=(a,))` | [`Process::new(f, a)`](crate::Process::new) | `f: fn(A) -> R`; several arguments are a tuple |
+//! | `p.name`, `p.daemon` | [`Process::name`](crate::Process::name), [`Process::daemon`](crate::Process::daemon) (builder), [`set_daemon`](crate::Process::set_daemon) | |
+//! | `p.start()`, `p.join()`, `p.join(t)` | [`start`](crate::Process::start), [`join`](crate::Process::join), [`join_timeout`](crate::Process::join_timeout) | |
+//! | *(none)* | [`join_result`](crate::Process::join_result) | the target's return value, or why there is none |
+//! | `p.is_alive()`, `p.exitcode`, `p.pid` | [`is_alive`](crate::Process::is_alive), [`exitcode`](crate::Process::exitcode), [`pid`](crate::Process::pid) | |
+//! | `p.terminate()`, `p.kill()`, `p.close()` | [`terminate`](crate::Process::terminate), [`kill`](crate::Process::kill), [`close`](crate::Process::close) | signals go through a pidfd |
+//! | `p.sentinel` | [`sentinel`](crate::Process::sentinel) | a pidfd |
+//! | `multiprocessing.connection.wait` | [`wait`](crate::wait()) | |
+//! | `current_process()`, `parent_process()` | [`current_process`](crate::current_process), [`parent_process`](crate::parent_process) | |
+//! | `active_children()` | [`active_children`](crate::active_children) | |
+//! | `cpu_count()` | [`cpu_count`](crate::cpu_count) | honours affinity and cgroup quota |
+//! | `get_context(m)` | [`get_context`](crate::get_context) | |
+//! | `set_start_method(m)`, `(m, force=True)` | [`set_start_method`](crate::set_start_method), [`set_start_method_force`](crate::set_start_method_force) | |
+//! | `get_start_method()`, `get_all_start_methods()` | [`get_start_method`](crate::get_start_method), [`get_all_start_methods`](crate::get_all_start_methods) | |
+//! | `set_executable(path)` | [`Context::set_executable`](crate::Context::set_executable) | must be a build of the same program |
+//! | `if __name__ == '__main__':` | [`#[multiproc::main]`](crate::main) or [`init()`](crate::init) | the start-up hook |
+//! | `multiprocessing.forkserver.ensure_running()` | [`ensure_forkserver`](crate::ensure_forkserver) | |
+//! | `ProcessError`, `TimeoutError` | [`ProcessError`](crate::ProcessError), [`ChildError`](crate::ChildError) | |

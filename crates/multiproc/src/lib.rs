@@ -1,0 +1,123 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing`, rebuilt for Rust: the same concepts and names, Rust's types,
+//! and none of CPython's traps.
+//!
+//! This release has processes and start methods; connections, shared memory and locks,
+//! queues, the pool and the manager build on them (see the README's table).
+//!
+//! ## A first process
+//!
+//! A child runs a plain function `fn(A) -> R`. The argument goes to the child and the result
+//! comes back through serde:
+//!
+//! ```
+//! use multiproc::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[multiproc::main]
+//! fn main() -> Result<(), multiproc::ProcessError> {
+//!     let mut p = Process::new(square, 12);
+//!     p.start()?;
+//!     assert_eq!(p.join_result()?, 144);
+//!     assert_eq!(p.exitcode()?, Some(0));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `#[multiproc::main]` is the **start-up hook**. The default start method, `forkserver`,
+//! and `spawn` run the program again to make a child, so the child begins in `main`; the
+//! hook, first thing in `main`, turns that run into the child. Without it, starting a
+//! process fails at once with an error that says so (nothing runs twice, nothing hangs).
+//! `multiproc::init()` as the first line of `main` does the same; in tests, put
+//! `#[multiproc::test]` on the test function.
+//!
+//! ## Start methods
+//!
+//! | method | how the child starts | needs the hook | safe with threads |
+//! |---|---|---|---|
+//! | [`StartMethod::Forkserver`] (default) | a clean server process forks it | yes | yes |
+//! | [`StartMethod::Spawn`] | the program runs again (`exec`) | yes | yes |
+//! | [`StartMethod::Fork`] | a copy of the parent | no | no |
+//!
+//! ```
+//! use multiproc::{get_context, Process};
+//!
+//! fn pid_of_child(_: ()) -> u32 {
+//!     std::process::id()
+//! }
+//!
+//! #[multiproc::main]
+//! fn main() {
+//!     for method in ["fork", "spawn", "forkserver"] {
+//!         let ctx = get_context(method).unwrap();
+//!         let mut p = ctx.process(pid_of_child, ());
+//!         p.start().unwrap();
+//!         let pid = p.join_result().unwrap();
+//!         assert_eq!(Some(pid), p.pid().unwrap());
+//!     }
+//! }
+//! ```
+//!
+//! ## What a child's end tells
+//!
+//! [`Process::exitcode`] is CPython's: 0, the code of an explicit exit, 1 after a panic,
+//! minus the signal number when killed. [`Process::join_result`] gives the value, or a
+//! [`ChildError`] that says what happened instead:
+//!
+//! ```
+//! use multiproc::{ChildError, Process, ProcessError, StartMethod};
+//!
+//! fn fail(_: ()) {
+//!     panic!("out of cheese");
+//! }
+//!
+//! # multiproc::set_start_method(StartMethod::Fork).unwrap();
+//! let mut p = Process::new(fail, ());
+//! p.start().unwrap();
+//! match p.join_result() {
+//!     Err(ProcessError::Child(ChildError::Panicked { message, .. })) => {
+//!         assert_eq!(message, "out of cheese")
+//!     }
+//!     other => panic!("unexpected: {other:?}"),
+//! }
+//! assert_eq!(p.exitcode().unwrap(), Some(1));
+//! ```
+//!
+//! ## Guide
+//!
+//! [`guide`] maps Python's API onto this one, name by name.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod bootstrap;
+mod callable;
+mod codec;
+mod context;
+mod error;
+pub mod guide;
+mod process;
+mod start;
+mod sys;
+mod wait;
+
+pub use bootstrap::init;
+pub use codec::CodecError;
+pub use context::{
+    Context, DEFAULT_START_METHOD, StartMethod, ensure_forkserver, get_all_start_methods,
+    get_context, get_start_method, set_start_method, set_start_method_force,
+};
+pub use error::{ChildError, ContextError, ProcessError};
+pub use multiproc_macros::{main, test};
+pub use process::tree::{CurrentProcess, ParentProcess, cpu_count, current_process, parent_process};
+pub use process::{ChildProcess, Process, active_children};
+pub use wait::wait;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bootstrap::test_hook;
+}

@@ -1,0 +1,190 @@
+//! The parent's side of one child: its pidfd, its channel, and how it ended.
+//!
+//! Shared (behind an `Arc`) by the user's [`Process`](crate::Process) handle, the registry
+//! and the reaper thread; whoever gets there first collects the status, under one lock.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::bootstrap::{Outcome, Report};
+use crate::codec;
+use crate::sys::{self, FrameReader, Pid, RawExit, Sig};
+
+/// Who collects the exit status of a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reaper {
+    /// We are its parent (fork, spawn): `waitid` on the pidfd.
+    Us,
+    /// The forkserver is its parent; it sends the status on the channel.
+    Forkserver,
+}
+
+/// What a start method hands back for a child it started.
+pub(crate) struct Launched {
+    pub(crate) pid: Pid,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) channel: UnixStream,
+    pub(crate) reaper: Reaper,
+}
+
+#[derive(Default)]
+struct State {
+    reader: FrameReader,
+    exit: Option<RawExit>,
+    outcome: Option<Outcome>,
+    status_lost: Option<String>,
+}
+
+/// One started child, as its parent sees it.
+pub(crate) struct ChildShared {
+    pub(crate) pid: Pid,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    reaper: Reaper,
+    pidfd: OwnedFd,
+    channel: UnixStream,
+    state: Mutex<State>,
+}
+
+impl ChildShared {
+    pub(crate) fn new(launched: Launched, name: String, daemon: bool) -> Self {
+        Self {
+            pid: launched.pid,
+            name,
+            daemon,
+            reaper: launched.reaper,
+            pidfd: launched.pidfd,
+            channel: launched.channel,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The descriptor that becomes readable when there is news about the exit: the pidfd
+    /// for our own children, the channel for the forkserver's.
+    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
+        match self.reaper {
+            Reaper::Us => self.pidfd.as_fd(),
+            Reaper::Forkserver => self.channel.as_fd(),
+        }
+    }
+
+    /// Raw numbers of the descriptors this handle owns (for a fork child to neutralize).
+    pub(crate) fn raw_fds(&self) -> [RawFd; 2] {
+        [self.pidfd.as_raw_fd(), self.channel.as_raw_fd()]
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads whatever the child (or the forkserver) has sent, without blocking.
+    fn drain(&self, st: &mut State) {
+        if let Err(e) = st.reader.fill(self.channel.as_fd(), false) {
+            st.status_lost.get_or_insert(format!("reading from the child failed: {e}"));
+        }
+        loop {
+            match st.reader.next_frame() {
+                Ok(Some(frame)) => match codec::decode::<Report>(&frame.bytes) {
+                    Ok(Report::Outcome(Outcome::ReturnedInFd(len))) => {
+                        let outcome = match frame.fds.into_iter().next() {
+                            Some(fd) => match sys::read_memfd(fd, len) {
+                                Ok(bytes) => Outcome::Returned(bytes),
+                                Err(e) => Outcome::Failed(format!("cannot read the result: {e}")),
+                            },
+                            None => Outcome::Failed("the result file is missing".to_owned()),
+                        };
+                        st.outcome = Some(outcome);
+                    }
+                    Ok(Report::Outcome(o)) => {
+                        // A panic report comes from the hook and wins over anything later.
+                        if !matches!(st.outcome, Some(Outcome::Panicked { .. })) {
+                            st.outcome = Some(o);
+                        }
+                    }
+                    Ok(Report::Exit(e)) => st.exit = Some(e),
+                    Ok(Report::ForkserverReady(_)) | Err(_) => {}
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    st.status_lost.get_or_insert(format!("bad message from the child: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The exit status if the child has ended (reaping it if needed); never blocks.
+    pub(crate) fn poll_exit(&self) -> Option<RawExit> {
+        let mut st = self.lock();
+        if let Some(e) = st.exit {
+            return Some(e);
+        }
+        self.drain(&mut st);
+        match self.reaper {
+            Reaper::Us => match sys::reap_nohang(self.pidfd.as_fd()) {
+                Ok(Some(e)) => {
+                    st.exit = Some(e);
+                    // Everything it sent before exiting is in the socket now.
+                    self.drain(&mut st);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Someone else reaped it (SIGCHLD ignored, or a waitpid(-1) elsewhere).
+                    st.status_lost.get_or_insert(format!("the child was reaped elsewhere: {e}"));
+                    st.exit = Some(RawExit::Code(255));
+                }
+            },
+            Reaper::Forkserver => {
+                if st.exit.is_none() && st.reader.at_eof() {
+                    st.status_lost
+                        .get_or_insert_with(|| "the forkserver went away before reporting it".to_owned());
+                    st.exit = Some(RawExit::Code(255));
+                }
+            }
+        }
+        st.exit
+    }
+
+    /// Waits for the child to end; `None` on timeout.
+    pub(crate) fn wait_exit(&self, timeout: Option<Duration>) -> io::Result<Option<RawExit>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(e) = self.poll_exit() {
+                return Ok(Some(e));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(None);
+            }
+            sys::wait_readable(self.exit_fd(), left)?;
+        }
+    }
+
+    /// Takes the outcome the child reported (after it ended).
+    pub(crate) fn take_outcome(&self) -> (Option<Outcome>, Option<String>) {
+        let mut st = self.lock();
+        (st.outcome.take(), st.status_lost.clone())
+    }
+
+    pub(crate) fn signal(&self, sig: Sig) -> io::Result<()> {
+        if self.poll_exit().is_some() {
+            return Ok(());
+        }
+        sys::send_signal(self.pidfd.as_fd(), sig)
+    }
+}
+
+/// The `exitcode` form of an exit: the code, or minus the signal number.
+pub(crate) fn exitcode(e: RawExit) -> i32 {
+    match e {
+        RawExit::Code(c) => c,
+        RawExit::Signal(s) => -s,
+    }
+}

@@ -1,0 +1,412 @@
+//! [`Process`]: a function running in a child process.
+
+pub(crate) mod child;
+pub(crate) mod registry;
+pub(crate) mod tree;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::bootstrap::{self, Outcome};
+use crate::callable::Callable;
+use crate::codec::{self, CodecError};
+use crate::context::Context;
+use crate::error::{ChildError, ProcessError};
+use crate::start::{self, Job};
+use crate::sys::{RawExit, Sig};
+
+use child::{ChildShared, exitcode};
+use tree::{Me, ParentInfo};
+
+enum State {
+    Created,
+    Started(Arc<ChildShared>),
+    Closed,
+}
+
+/// A function that runs in a child process (CPython's `multiprocessing.Process`).
+///
+/// The target is a plain function `fn(A) -> R` (a closure that captures nothing coerces to
+/// one); its argument and its result cross the process boundary through serde, so both
+/// must be `Serialize + DeserializeOwned`. `R` is `()` for a target that returns nothing.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+///
+/// fn greet((greeting, name): (String, String)) -> String {
+///     format!("{greeting}, {name}!")
+/// }
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(greet, ("Hello".to_string(), "bob".to_string()));
+/// p.start()?;
+/// assert_eq!(p.join_result()?, "Hello, bob!");
+/// assert_eq!(p.exitcode()?, Some(0));
+/// # Ok::<(), multiproc::ProcessError>(())
+/// ```
+///
+/// A type that cannot cross a process boundary is refused when the program is compiled:
+///
+/// ```compile_fail
+/// fn use_it(_: std::rc::Rc<u8>) {}
+/// let _ = multiproc::Process::new(use_it, std::rc::Rc::new(1u8));
+/// ```
+pub struct Process<R = ()> {
+    callable: Callable,
+    args: Result<Vec<u8>, CodecError>,
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    context: Context,
+    state: State,
+    result_taken: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Created => "initial".to_owned(),
+            State::Started(c) => match c.poll_exit() {
+                None => format!("started pid={}", c.pid.as_raw_nonzero()),
+                Some(e) => format!("stopped exitcode={}", exitcode(e)),
+            },
+            State::Closed => "closed".to_owned(),
+        };
+        write!(f, "<Process name={:?} {state}{}>", self.name, if self.daemon { " daemon" } else { "" })
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Process<R> {
+    /// A process that will run `target(args)` with the default start method.
+    ///
+    /// The name defaults to `Process-N` (`Process-1:2` for a child's child); the daemon flag
+    /// defaults to the current process's.
+    pub fn new<A: Serialize + DeserializeOwned>(target: fn(A) -> R, args: A) -> Self {
+        let (identity, name) = tree::next_child_identity();
+        Self {
+            callable: Callable::new(target),
+            args: codec::encode(&args),
+            name,
+            identity,
+            daemon: tree::with(|me| me.daemon),
+            context: Context::default_context(),
+            state: State::Created,
+            result_taken: false,
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Sets the name (builder form).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the daemon flag (builder form). A daemonic process is terminated when its parent
+    /// exits normally, and killed when the parent dies any other way (even by SIGKILL).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Uses this context's start method (builder form).
+    pub fn with_context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Sets the daemon flag.
+    ///
+    /// # Errors
+    ///
+    /// 'process has already started' after [`start`](Self::start); 'process object is
+    /// closed' after [`close`](Self::close).
+    pub fn set_daemon(&mut self, daemon: bool) -> Result<(), ProcessError> {
+        match self.state {
+            State::Created => {
+                self.daemon = daemon;
+                Ok(())
+            }
+            State::Started(_) => Err(ProcessError::AlreadyStarted),
+            State::Closed => Err(ProcessError::Closed),
+        }
+    }
+
+    /// Sets the name (allowed at any time, as in CPython; a running child keeps the name it
+    /// started with).
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
+    }
+
+    /// The process's name.
+    pub fn get_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is daemonic.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// The start method this process uses.
+    pub fn start_method(&self) -> crate::StartMethod {
+        self.context.start_method()
+    }
+
+    fn started(&self, op: &'static str) -> Result<&Arc<ChildShared>, ProcessError> {
+        match &self.state {
+            State::Created => Err(ProcessError::NotStarted(op)),
+            State::Started(c) => Ok(c),
+            State::Closed => Err(ProcessError::Closed),
+        }
+    }
+
+    /// Starts the child.
+    ///
+    /// # Errors
+    ///
+    /// - 'cannot start a process twice'; 'process object is closed';
+    /// - [`ProcessError::HookMissing`] with the `spawn` and `forkserver` methods when the
+    ///   program's `main` never called [`init`](crate::init) (nothing is started then);
+    /// - [`ProcessError::Launch`] when the child cannot be started (missing executable,
+    ///   `exec` failure, forkserver unreachable);
+    /// - [`ProcessError::Codec`] when the arguments could not be encoded.
+    pub fn start(&mut self) -> Result<(), ProcessError> {
+        match self.state {
+            State::Created => {}
+            State::Started(_) => return Err(ProcessError::StartedTwice),
+            State::Closed => return Err(ProcessError::Closed),
+        }
+        bootstrap::ensure_not_pending_child();
+        let args = self.args.as_ref().map_err(Clone::clone)?;
+        let me = tree::with(|me| Me {
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+            daemon: self.daemon,
+            authkey: me.authkey,
+            parent: Some(ParentInfo {
+                name: me.name.clone(),
+                pid: crate::sys::getpid().as_raw_nonzero().get(),
+            }),
+            next_child: 1,
+        });
+        let job = Job { callable: self.callable, args, me, executable: self.context.executable() };
+        let launched = start::launch(self.context.start_method(), &job)?;
+        let child = Arc::new(ChildShared::new(launched, self.name.clone(), self.daemon));
+        registry::register(&child);
+        self.state = State::Started(child);
+        Ok(())
+    }
+
+    /// The child's process id, once started.
+    ///
+    /// # Errors
+    ///
+    /// 'process object is closed' after [`close`](Self::close).
+    pub fn pid(&self) -> Result<Option<u32>, ProcessError> {
+        match &self.state {
+            State::Created => Ok(None),
+            State::Started(c) => Ok(Some(c.pid.as_raw_nonzero().get() as u32)),
+            State::Closed => Err(ProcessError::Closed),
+        }
+    }
+
+    /// Waits until the child ends.
+    ///
+    /// # Errors
+    ///
+    /// 'can only join a started process'; 'process object is closed'; an OS error.
+    pub fn join(&self) -> Result<(), ProcessError> {
+        self.started("join")?.wait_exit(None)?;
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for the child to end; true if it has. A zero timeout only
+    /// checks.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        Ok(self.started("join")?.wait_exit(Some(timeout))?.is_some())
+    }
+
+    /// Waits until the child ends and returns the value its target returned.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Child`] when the child did not return a value: it panicked (with the
+    /// message and location), exited early, was killed by a signal, or could not run its
+    /// target; 'the result of this process was already taken' on a second call; and the
+    /// errors of [`join`](Self::join).
+    pub fn join_result(&mut self) -> Result<R, ProcessError> {
+        if self.result_taken {
+            return Err(ProcessError::ResultTaken);
+        }
+        let child = self.started("join")?.clone();
+        let exit = child.wait_exit(None)?.unwrap_or(RawExit::Code(255));
+        self.result_taken = true;
+        let (outcome, lost) = child.take_outcome();
+        match outcome {
+            Some(Outcome::Returned(bytes)) => Ok(codec::decode(&bytes)?),
+            Some(Outcome::Panicked { message, location }) => {
+                Err(ChildError::Panicked { message, location }.into())
+            }
+            Some(Outcome::Failed(msg)) => Err(ChildError::Failed(msg).into()),
+            Some(Outcome::ReturnedInFd(_)) | None => Err(match (exit, lost) {
+                (_, Some(why)) => ChildError::StatusLost(why),
+                (RawExit::Signal(signal), None) => ChildError::Killed { signal },
+                (RawExit::Code(code), None) => ChildError::Exited(code),
+            }
+            .into()),
+        }
+    }
+
+    /// Whether the child is running (false before start and after it ends; reaps it).
+    ///
+    /// # Errors
+    ///
+    /// 'process object is closed'.
+    pub fn is_alive(&self) -> Result<bool, ProcessError> {
+        match &self.state {
+            State::Created => Ok(false),
+            State::Started(c) => Ok(c.poll_exit().is_none()),
+            State::Closed => Err(ProcessError::Closed),
+        }
+    }
+
+    /// `None` while the child runs (or before start); then 0, the code it exited with, 1
+    /// after a panic, or minus the signal number that killed it (-15 for SIGTERM).
+    ///
+    /// # Errors
+    ///
+    /// 'process object is closed'.
+    pub fn exitcode(&self) -> Result<Option<i32>, ProcessError> {
+        match &self.state {
+            State::Created => Ok(None),
+            State::Started(c) => Ok(c.poll_exit().map(exitcode)),
+            State::Closed => Err(ProcessError::Closed),
+        }
+    }
+
+    /// Sends SIGTERM (nothing happens if the child already ended).
+    ///
+    /// # Errors
+    ///
+    /// 'can only terminate a started process'; 'process object is closed'.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        Ok(self.started("terminate")?.signal(Sig::Term)?)
+    }
+
+    /// Sends SIGKILL (nothing happens if the child already ended).
+    ///
+    /// # Errors
+    ///
+    /// 'can only kill a started process'; 'process object is closed'.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        Ok(self.started("kill")?.signal(Sig::Kill)?)
+    }
+
+    /// A descriptor that becomes readable when the child ends (a pidfd), for
+    /// [`wait`](crate::wait) or any poll loop.
+    ///
+    /// # Errors
+    ///
+    /// 'can only get the sentinel of a started process'; 'process object is closed'.
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
+        Ok(self.started("get the sentinel of")?.pidfd())
+    }
+
+    /// Releases the process's resources. Every later call fails with 'process object is
+    /// closed'.
+    ///
+    /// # Errors
+    ///
+    /// 'Cannot close a process while it is still running...' if it runs.
+    pub fn close(&mut self) -> Result<(), ProcessError> {
+        if let State::Started(c) = &self.state {
+            if c.poll_exit().is_none() {
+                return Err(ProcessError::CloseRunning);
+            }
+        }
+        self.state = State::Closed;
+        Ok(())
+    }
+}
+
+/// A running child of this process, as [`active_children`] lists it.
+#[derive(Clone)]
+pub struct ChildProcess {
+    shared: Arc<ChildShared>,
+}
+
+impl fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildProcess").field("name", &self.name()).field("pid", &self.pid()).finish()
+    }
+}
+
+impl ChildProcess {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid.as_raw_nonzero().get() as u32
+    }
+    /// Whether it is daemonic.
+    pub fn is_daemon(&self) -> bool {
+        self.shared.daemon
+    }
+    /// Whether it still runs.
+    pub fn is_alive(&self) -> bool {
+        self.shared.poll_exit().is_none()
+    }
+    /// Sends SIGTERM.
+    ///
+    /// # Errors
+    ///
+    /// An OS error from `pidfd_send_signal`.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        self.shared.signal(Sig::Term)
+    }
+    /// Sends SIGKILL.
+    ///
+    /// # Errors
+    ///
+    /// An OS error from `pidfd_send_signal`.
+    pub fn kill(&self) -> std::io::Result<()> {
+        self.shared.signal(Sig::Kill)
+    }
+    /// Waits at most `timeout` for it to end; its exit code if it did.
+    ///
+    /// # Errors
+    ///
+    /// An OS error while waiting.
+    pub fn join_timeout(&self, timeout: Duration) -> std::io::Result<Option<i32>> {
+        Ok(self.shared.wait_exit(Some(timeout))?.map(exitcode))
+    }
+}
+
+/// The children of this process that are still running. Finished ones are reaped on the way
+/// (a background thread reaps them anyway, so none stays a zombie).
+///
+/// # Examples
+///
+/// ```
+/// assert!(multiproc::active_children().is_empty());
+/// ```
+pub fn active_children() -> Vec<ChildProcess> {
+    registry::active().into_iter().map(|shared| ChildProcess { shared }).collect()
+}

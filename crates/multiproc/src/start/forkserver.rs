@@ -1,0 +1,391 @@
+//! The `forkserver` start method.
+//!
+//! The first time a process needs it (or at [`ensure_forkserver`](crate::ensure_forkserver)),
+//! the program is spawned once more as the **forkserver**: a single-threaded process with a
+//! clean memory image that listens on an abstract Unix socket. To start a child, a client
+//! sends it one end of a fresh socket pair; the server forks, the child takes that end as its
+//! channel and reads its instructions exactly as a spawned child does, and the server answers
+//! with the child's pid and a pidfd. The server is the child's real parent: it reaps it and
+//! sends the exit status down the child's channel, where the client reads it.
+//!
+//! **Authentication.** Abstract sockets have no file permissions, so every connection proves
+//! knowledge of the program's authkey, both ways, before the server does anything for it:
+//! server nonce, client HMAC-SHA256 over it plus a client nonce, server HMAC over that; the
+//! comparisons are constant-time. Each client process keeps one authenticated connection.
+//!
+//! **Lifetime.** The server exits when the process that started it ends (its channel to it
+//! reaches end of file), and ignores SIGINT so that Ctrl-C is the program's business.
+//! Children of the process tree use the same server (its address travels in their
+//! instructions).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::bootstrap::{self, Bootstrap, Report, Task};
+use crate::callable::{self, hex};
+use crate::codec;
+use crate::error::ProcessError;
+use crate::process::child::{Launched, Reaper};
+use crate::process::tree::{self, Me, ParentInfo};
+use crate::start::{self, Job, spawn};
+use crate::sys::{self, Forked, FrameReader, Pid};
+
+/// How long one step of the connection handshake or a fork request may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a forkserver listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ServerAddr {
+    name: Vec<u8>,
+    pid: i32,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Request {
+    /// Fork a child; its channel end is attached.
+    Fork,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    /// The child's pid; its pidfd is attached.
+    Forked { pid: i32 },
+    Error(String),
+}
+
+/// A process's view of the forkserver.
+#[derive(Default)]
+pub(crate) struct Client {
+    addr: Option<ServerAddr>,
+    /// Our channel to a server we started (its end of file tells the server we are gone).
+    started: Option<Launched>,
+    conn: Option<(Pid, UnixStream, FrameReader)>,
+}
+
+static CLIENT: Mutex<Client> = Mutex::new(Client { addr: None, started: None, conn: None });
+
+/// Locks the client state (held across `fork`).
+pub(crate) fn lock_client() -> MutexGuard<'static, Client> {
+    CLIENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// In a fork child: the connection and the server's channel belong to the parent. The
+/// address stays: the child may use the same server.
+pub(crate) fn after_fork_in_child(client: &mut Client) {
+    client.conn = None;
+    client.started = None;
+}
+
+/// In a spawned child: the server the parent uses.
+pub(crate) fn set_inherited(addr: Option<ServerAddr>) {
+    let mut c = lock_client();
+    c.addr = addr;
+    c.started = None;
+    c.conn = None;
+}
+
+/// The address of the server this process uses, if one runs.
+pub(crate) fn current_addr() -> Option<ServerAddr> {
+    lock_client().addr.clone()
+}
+
+/// Starts the forkserver now if it does not run yet.
+pub(crate) fn ensure_running() -> Result<(), ProcessError> {
+    let mut c = lock_client();
+    ensure_started(&mut c)
+}
+
+fn ensure_started(c: &mut Client) -> Result<(), ProcessError> {
+    if c.addr.is_some() {
+        return Ok(());
+    }
+    let hook = start::require_hook()?;
+    let me = tree::with(|me| Me {
+        name: "ForkServer".to_owned(),
+        identity: Vec::new(),
+        daemon: true,
+        authkey: me.authkey,
+        parent: Some(ParentInfo { name: me.name.clone(), pid: sys::getpid().as_raw_nonzero().get() }),
+        next_child: 1,
+    });
+    let boot = Bootstrap {
+        build_id: callable::build_identity().to_vec(),
+        me,
+        forkserver: None,
+        start_method: None,
+        hook,
+        stdout_attached: false,
+        task: Task::Forkserver,
+    };
+    let launched = spawn::spawn_with(sys::self_exe(), boot)?;
+    let mut reader = FrameReader::default();
+    let frame = reader
+        .recv_frame(launched.channel.as_fd(), Some(bootstrap::HANDSHAKE_TIMEOUT))
+        .map_err(|e| launch_error(format!("the forkserver did not start: {e}")))?
+        .ok_or_else(|| launch_error("the forkserver did not answer in time".to_owned()))?;
+    match codec::decode::<Report>(&frame.bytes)? {
+        Report::ForkserverReady(addr) => c.addr = Some(addr),
+        Report::Outcome(bootstrap::Outcome::Failed(msg)) => return Err(launch_error(msg)),
+        _ => return Err(launch_error("the forkserver sent something unexpected".to_owned())),
+    }
+    c.started = Some(launched);
+    Ok(())
+}
+
+fn launch_error(msg: String) -> ProcessError {
+    ProcessError::Launch(io::Error::other(msg))
+}
+
+fn mac(key: &[u8], label: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    m.update(label);
+    m.update(nonce);
+    m
+}
+
+#[cold]
+fn unreachable_hmac() -> Hmac<Sha256> {
+    // `new_from_slice` never fails for HMAC; keep a total function anyway.
+    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable_hmac())
+}
+
+const CLIENT_LABEL: &[u8] = b"multiproc-forkserver-client";
+const SERVER_LABEL: &[u8] = b"multiproc-forkserver-server";
+
+fn recv(sock: &UnixStream, reader: &mut FrameReader) -> io::Result<sys::Frame> {
+    reader
+        .recv_frame(sock.as_fd(), Some(STEP_TIMEOUT))?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "forkserver peer is silent"))
+}
+
+fn auth_failed() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "forkserver authentication failed")
+}
+
+/// Client side of the mutual handshake.
+fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameReader)> {
+    let sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(&addr.name)?)?;
+    sock.set_nonblocking(true)?;
+    let mut reader = FrameReader::default();
+    let challenge = recv(&sock, &mut reader)?.bytes;
+    let my_nonce = sys::random_bytes::<32>();
+    let mut answer = mac(key, CLIENT_LABEL, &challenge).finalize().into_bytes().to_vec();
+    answer.extend_from_slice(&my_nonce);
+    sys::send_frame(sock.as_fd(), &answer, &[], Some(STEP_TIMEOUT))?;
+    let proof = recv(&sock, &mut reader)?.bytes;
+    mac(key, SERVER_LABEL, &my_nonce).verify_slice(&proof).map_err(|_| auth_failed())?;
+    Ok((sock, reader))
+}
+
+/// Server side of the mutual handshake.
+fn accept_auth(sock: &UnixStream, key: &[u8; 32]) -> io::Result<FrameReader> {
+    let mut reader = FrameReader::default();
+    let nonce = sys::random_bytes::<32>();
+    sys::send_frame(sock.as_fd(), &nonce, &[], Some(STEP_TIMEOUT))?;
+    let answer = recv(sock, &mut reader)?.bytes;
+    if answer.len() != 64 {
+        return Err(auth_failed());
+    }
+    mac(key, CLIENT_LABEL, &nonce).verify_slice(&answer[..32]).map_err(|_| auth_failed())?;
+    let proof = mac(key, SERVER_LABEL, &answer[32..]).finalize().into_bytes();
+    sys::send_frame(sock.as_fd(), &proof, &[], Some(STEP_TIMEOUT))?;
+    Ok(reader)
+}
+
+/// Asks the server to fork a child that will use `child_end` as its channel.
+fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, OwnedFd), ProcessError> {
+    ensure_started(c)?;
+    let me = sys::getpid();
+    if c.conn.as_ref().is_none_or(|(pid, _, _)| *pid != me) {
+        let addr = c.addr.clone().ok_or_else(|| launch_error("no forkserver".to_owned()))?;
+        let key = tree::with(|m| m.authkey);
+        let (sock, reader) = connect(&addr, &key).map_err(|e| {
+            launch_error(format!("cannot reach the forkserver (pid {}): {e}", addr.pid))
+        })?;
+        c.conn = Some((me, sock, reader));
+    }
+    let Some((_, sock, reader)) = c.conn.as_mut() else {
+        return Err(launch_error("no forkserver connection".to_owned()));
+    };
+    let req = codec::encode(&Request::Fork)?;
+    let exchange = (|| -> io::Result<sys::Frame> {
+        sys::send_frame(sock.as_fd(), &req, &[child_end], Some(STEP_TIMEOUT))?;
+        recv(sock, reader)
+    })();
+    let frame = match exchange {
+        Ok(f) => f,
+        Err(e) => {
+            c.conn = None;
+            return Err(launch_error(format!("the forkserver did not answer: {e}")));
+        }
+    };
+    match codec::decode::<Reply>(&frame.bytes)? {
+        Reply::Forked { pid } => {
+            let pid = sys::pid_from_raw(pid).ok_or_else(|| launch_error("bad pid".to_owned()))?;
+            let pidfd = frame.fds.into_iter().next().ok_or_else(|| launch_error("no pidfd".to_owned()))?;
+            Ok((pid, pidfd))
+        }
+        Reply::Error(msg) => Err(launch_error(format!("the forkserver could not fork: {msg}"))),
+    }
+}
+
+pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
+    let hook = start::require_hook()?;
+    let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
+    let (pid, pidfd) = {
+        let mut c = lock_client();
+        match request_fork(&mut c, child_end.as_fd()) {
+            Ok(v) => v,
+            Err(_) if c.started.as_ref().is_some_and(|l| sys::reap_nohang(l.pidfd.as_fd()).ok().flatten().is_some()) => {
+                // Our server died: start a new one and try once more.
+                c.addr = None;
+                c.started = None;
+                c.conn = None;
+                request_fork(&mut c, child_end.as_fd())?
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(child_end);
+    parent_end.set_nonblocking(true).map_err(ProcessError::Launch)?;
+    let boot = start::bootstrap_for(job, hook)?;
+    start::send_bootstrap(&parent_end, &boot, None)?;
+    Ok(Launched { pid, pidfd, channel: parent_end, reaper: Reaper::Forkserver })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+struct Conn {
+    sock: UnixStream,
+    reader: FrameReader,
+}
+
+struct Kid {
+    pidfd: OwnedFd,
+    channel: OwnedFd,
+}
+
+/// The forkserver's main loop. `channel` leads to the process that started it.
+pub(crate) fn serve(channel: UnixStream) -> ! {
+    sys::ignore_sigint(true);
+    let key = tree::with(|m| m.authkey);
+    let pid = sys::getpid().as_raw_nonzero().get();
+    let name = format!("multiproc-forkserver-{pid}-{}", hex(&sys::random_bytes::<8>())).into_bytes();
+    let listener = match SocketAddr::from_abstract_name(&name).and_then(|a| UnixListener::bind_addr(&a)) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("the forkserver cannot listen: {e}");
+            bootstrap::send_report(&channel, &Report::Outcome(bootstrap::Outcome::Failed(msg)), &[]);
+            sys::exit_now(1)
+        }
+    };
+    bootstrap::send_report(&channel, &Report::ForkserverReady(ServerAddr { name, pid }), &[]);
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut kids: Vec<Kid> = Vec::new();
+    loop {
+        let mut fds: Vec<BorrowedFd<'_>> = vec![channel.as_fd(), listener.as_fd()];
+        fds.extend(conns.iter().map(|c| c.sock.as_fd()));
+        fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
+        let ready = match sys::poll_fds(&fds, None) {
+            Ok(r) => r,
+            Err(_) => sys::exit_now(1),
+        };
+        drop(fds);
+        let (n_conns, mut closed_conns, mut done_kids, mut new_kids) = (conns.len(), Vec::new(), Vec::new(), Vec::new());
+        for i in ready {
+            match i {
+                // The process that started us is gone.
+                0 => sys::exit_now(0),
+                1 => {
+                    if let Ok((sock, _)) = listener.accept() {
+                        if sock.set_nonblocking(true).is_ok() {
+                            if let Ok(reader) = accept_auth(&sock, &key) {
+                                conns.push(Conn { sock, reader });
+                            }
+                        }
+                    }
+                }
+                i if i < 2 + n_conns => {
+                    let conn = &mut conns[i - 2];
+                    if serve_conn(conn, &mut new_kids).is_err() || conn.reader.at_eof() {
+                        closed_conns.push(i - 2);
+                    }
+                }
+                i => {
+                    let k = i - 2 - n_conns;
+                    if let Ok(Some(exit)) = sys::reap_nohang(kids[k].pidfd.as_fd()) {
+                        if let Ok(bytes) = codec::encode(&Report::Exit(exit)) {
+                            let _ = sys::send_frame(kids[k].channel.as_fd(), &bytes, &[], Some(Duration::ZERO));
+                        }
+                        done_kids.push(k);
+                    }
+                }
+            }
+        }
+        for k in done_kids.into_iter().rev() {
+            kids.swap_remove(k);
+        }
+        for c in closed_conns.into_iter().rev() {
+            conns.swap_remove(c);
+        }
+        kids.extend(new_kids);
+    }
+}
+
+/// Handles the requests one client has sent.
+fn serve_conn(conn: &mut Conn, new_kids: &mut Vec<Kid>) -> io::Result<()> {
+    conn.reader.fill(conn.sock.as_fd(), false)?;
+    while let Some(frame) = conn.reader.next_frame()? {
+        let reply = match (codec::decode::<Request>(&frame.bytes), frame.fds.into_iter().next()) {
+            (Ok(Request::Fork), Some(child_end)) => match fork_child(child_end) {
+                Ok((kid, pid)) => {
+                    let pidfd = kid.pidfd.try_clone()?;
+                    new_kids.push(kid);
+                    (Reply::Forked { pid: pid.as_raw_nonzero().get() }, Some(pidfd))
+                }
+                Err(e) => (Reply::Error(e.to_string()), None),
+            },
+            _ => (Reply::Error("bad request".to_owned()), None),
+        };
+        let bytes = codec::encode(&reply.0).map_err(io::Error::other)?;
+        let fds: Vec<BorrowedFd<'_>> = reply.1.iter().map(|f| f.as_fd()).collect();
+        sys::send_frame(conn.sock.as_fd(), &bytes, &fds, Some(STEP_TIMEOUT))?;
+    }
+    Ok(())
+}
+
+/// Forks one child. In the child this never returns.
+fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
+    #[allow(unsafe_code)]
+    // SAFETY:
+    // - the forkserver is single-threaded (it starts no thread and runs no user code), so no
+    //   lock can be held by another thread at the fork.
+    let forked = unsafe { sys::fork() }?;
+    match forked {
+        Forked::Child => {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&child_end);
+            sys::close_all_fds_except(raw);
+            sys::ignore_sigint(false);
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                bootstrap::run_from_channel(UnixStream::from(child_end))
+            }));
+            let _ = run;
+            sys::exit_now(1)
+        }
+        Forked::Parent(pid) => {
+            let pidfd = sys::pidfd_open(pid)?;
+            Ok((Kid { pidfd, channel: child_end }, pid))
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! Linux implementation of the OS layer (see `sys/mod.rs` for the contract).
+//!
+//! # Safety
+//!
+//! This file opts in to `unsafe` for process control only, each use wrapped in a function
+//! that states its preconditions: `fork(2)` ([`fork`]), `_exit(2)` ([`exit_now`]),
+//! `atexit(3)` ([`register_atexit`]), removing a variable from the environment
+//! ([`remove_env_var_at_startup`]), `close_range(2)` ([`close_all_fds_except`]), signal
+//! dispositions ([`ignore_sigint`]), taking ownership of an inherited descriptor number
+//! ([`adopt_inherited_socket`], [`neutralize_fd`]) and the `pre_exec` hook of a spawn
+//! ([`SpawnCommand::spawn`]). Everything else goes through `rustix`'s safe wrappers.
+#![allow(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{PidfdFlags, Signal, WaitIdOptions, WaitId};
+
+pub(crate) use rustix::process::Pid;
+
+/// The most descriptors one frame may carry.
+pub(crate) const MAX_FDS_PER_FRAME: usize = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// This process's pid.
+pub(crate) fn getpid() -> Pid {
+    rustix::process::getpid()
+}
+
+/// Turns a raw pid from the wire into a [`Pid`], refusing zero and negatives.
+pub(crate) fn pid_from_raw(raw: i32) -> Option<Pid> {
+    Pid::from_raw(raw)
+}
+
+/// Opens a pidfd for `pid`. For a child that has not been reaped this cannot race with pid
+/// reuse; for any other process the caller must know the process is alive.
+pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// The signals multiproc sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sig {
+    Term,
+    Kill,
+}
+
+/// Sends a signal through a pidfd. A process that has already ended is not an error.
+pub(crate) fn send_signal(pidfd: BorrowedFd<'_>, sig: Sig) -> io::Result<()> {
+    let sig = match sig {
+        Sig::Term => Signal::TERM,
+        Sig::Kill => Signal::KILL,
+    };
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Kills this very process with SIGKILL (used by a daemon whose parent has gone).
+pub(crate) fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(getpid(), Signal::KILL);
+    exit_now(137)
+}
+
+/// How a process ended, as `waitid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum RawExit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal with this number ended it.
+    Signal(i32),
+}
+
+/// Reaps the child behind `pidfd` if it has ended; `Ok(None)` while it runs.
+///
+/// `ECHILD` (someone else reaped it, or it is not our child) is returned as an error so the
+/// caller can tell.
+pub(crate) fn reap_nohang(pidfd: BorrowedFd<'_>) -> io::Result<Option<RawExit>> {
+    let status = rustix::process::waitid(
+        WaitId::PidFd(pidfd),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )?;
+    Ok(status.and_then(|s| {
+        if let Some(sig) = s.terminating_signal() {
+            Some(RawExit::Signal(sig))
+        } else {
+            s.exit_status().map(RawExit::Code)
+        }
+    }))
+}
+
+/// The result of [`fork`].
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+///
+/// In the child only the calling thread exists. Until it calls [`exit_now`] or `exec`, the
+/// child must not touch any lock that another thread of the parent might have held at the
+/// moment of the fork (locks the caller itself holds across the call are fine: their state is
+/// known). The caller takes every multiproc lock before calling and releases it after, in
+/// both processes.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY:
+    // - `fork` has no memory-safety preconditions of its own; what the child may do after it
+    //   is this function's documented contract, which the caller upholds.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(
+            Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned a bad pid"))?,
+        )),
+    }
+}
+
+/// Ends this process at once with `code`: no destructors, no `atexit` handlers, no flushing
+/// of Rust's stdout buffer (flush it first).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY:
+    // - `_exit` takes any int and never returns; it is async-signal-safe, so it is fine in a
+    //   child of a multi-threaded parent.
+    unsafe { libc::_exit(code) }
+}
+
+/// Registers `f` to run when the process exits normally (return from `main` or
+/// `std::process::exit`).
+pub(crate) fn register_atexit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY:
+    // - `f` is a plain `extern "C" fn()` with a 'static lifetime, as `atexit` requires;
+    // - `atexit` is thread-safe in glibc and musl.
+    let rc = unsafe { libc::atexit(f) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other("atexit registration failed"))
+    }
+}
+
+/// Removes `key` from the environment. Called only by the start-up hook, whose contract is
+/// to run first thing in `main` (or first thing in a test function in a process started for
+/// that test alone), before the program has threads that could read the environment.
+pub(crate) fn remove_env_var_at_startup(key: &str) {
+    // SAFETY:
+    // - `remove_var` requires that no other thread reads or writes the environment at the
+    //   same time; the only caller is the start-up hook, which runs before the program starts
+    //   threads (a libtest runner thread exists in test children, but it is blocked waiting for
+    //   the test that is running this code).
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Closes every descriptor above standard error except `keep` (used in a fresh child of the
+/// forkserver, which must keep nothing of the server's).
+///
+/// The caller is a freshly forked child of the single-threaded forkserver that never returns
+/// into the server's code, so the server's `OwnedFd` values in its memory are never used or
+/// dropped again.
+pub(crate) fn close_all_fds_except(keep: RawFd) {
+    let ranges = [(3, keep - 1), (keep + 1, RawFd::MAX)];
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        // SAFETY:
+        // - `close_range` only closes descriptors; per this function's contract nothing in
+        //   this process uses or drops the numbers it closes again.
+        let rc = unsafe { libc::close_range(lo as libc::c_uint, hi as libc::c_uint, 0) };
+        if rc != 0 {
+            // Kernels before 5.9: close what /proc lists.
+            let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { continue };
+            let fds: Vec<RawFd> = dir
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|fd| (lo..=hi).contains(fd))
+                .collect();
+            for fd in fds {
+                // SAFETY:
+                // - as above: nothing in this process uses these numbers again.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// Replaces the open file behind descriptor number `fd` by `/dev/null`, keeping the number
+/// valid. Used in a fork child for descriptors that belong to the parent's bookkeeping: the
+/// parent's `OwnedFd` values still exist in the child's copy of memory, so the numbers must
+/// stay open (closing them could let a later `open` reuse a number some `OwnedFd` will close).
+pub(crate) fn neutralize_fd(fd: RawFd) {
+    if let Ok(null) = File::open("/dev/null") {
+        // SAFETY:
+        // - `fd` is a descriptor this process owns (the caller's bookkeeping says so); `dup2`
+        //   atomically swaps the file behind it and the number stays owned by the same
+        //   `OwnedFd`, so nothing is closed twice.
+        let mut target = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let _ = rustix::io::dup2(&null, &mut target);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+
+/// Converts an optional timeout for `poll`.
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// Waits until at least one descriptor is ready or the timeout passes; returns the ready
+/// indices (empty on timeout). `EINTR` is retried with the time left.
+pub(crate) fn poll_fds(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+            .collect();
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let ts = left.map(timespec);
+        match rustix::event::poll(&mut pfds, ts.as_ref()) {
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect());
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout` passes; true when readable.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    Ok(!poll_fds(&[fd], timeout)?.is_empty())
+}
+
+/// An epoll set whose members are keyed by a `u64`. Used by the reaper thread.
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self { fd: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)? })
+    }
+
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
+        Ok(rustix::event::epoll::add(
+            &self.fd,
+            fd,
+            rustix::event::epoll::EventData::new_u64(key),
+            rustix::event::epoll::EventFlags::IN,
+        )?)
+    }
+
+    pub(crate) fn remove(&self, fd: BorrowedFd<'_>) {
+        let _ = rustix::event::epoll::delete(&self.fd, fd);
+    }
+
+    /// Waits for ready members and returns their keys.
+    pub(crate) fn wait(&self) -> io::Result<Vec<u64>> {
+        let mut events = Vec::with_capacity(32);
+        loop {
+            match rustix::event::epoll::wait(
+                &self.fd,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) => return Ok(events.iter().map(|e| e.data.u64()).collect()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels: AF_UNIX stream socket pairs carrying frames with descriptors
+
+/// A connected pair of close-on-exec stream sockets.
+pub(crate) fn channel_pair() -> io::Result<(UnixStream, UnixStream)> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((UnixStream::from(a), UnixStream::from(b)))
+}
+
+/// Sends `bytes` as one frame (a 4-byte little-endian length, then the bytes), with `fds`
+/// attached. Waits until all is written, at most `timeout` on a non-blocking socket (then
+/// `TimedOut`); never raises SIGPIPE.
+pub(crate) fn send_frame(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let header = len.to_le_bytes();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut sent = 0usize;
+    let total = header.len() + bytes.len();
+    let mut first = true;
+    while sent < total {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if first && !fds.is_empty() {
+            if fds.len() > MAX_FDS_PER_FRAME {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+            }
+            control.push(SendAncillaryMessage::ScmRights(fds));
+        }
+        let iov = if sent < header.len() {
+            [IoSlice::new(&header[sent..]), IoSlice::new(bytes)]
+        } else {
+            [IoSlice::new(&[]), IoSlice::new(&bytes[sent - header.len()..])]
+        };
+        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => {
+                sent += n;
+                first = false;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                // A non-blocking socket: wait until it drains.
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if left == Some(Duration::ZERO) {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "peer does not read"));
+                }
+                let ts = left.map(timespec);
+                let mut p = [PollFd::from_borrowed_fd(sock, PollFlags::OUT)];
+                let _ = rustix::event::poll(&mut p, ts.as_ref());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One complete frame as read from a channel.
+pub(crate) struct Frame {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Reassembles frames from a stream socket, keeping partial data between calls so it can be
+/// driven by non-blocking reads.
+#[derive(Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    eof: bool,
+}
+
+/// The largest frame a channel accepts (frames carry control messages only; bulk data goes
+/// through a memfd).
+pub(crate) const MAX_FRAME: usize = 64 << 20;
+
+impl FrameReader {
+    /// True once the peer has closed its end.
+    pub(crate) fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Takes the next complete frame from what has been read, if any.
+    pub(crate) fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "channel frame too large"));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let bytes = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(Frame { bytes, fds: std::mem::take(&mut self.fds) }))
+    }
+
+    /// Reads what is available. With `block`, waits for at least some data (or EOF);
+    /// otherwise returns at once. Returns false when nothing more can come (EOF).
+    pub(crate) fn fill(&mut self, sock: BorrowedFd<'_>, block: bool) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+        let mut flags = RecvFlags::CMSG_CLOEXEC;
+        if !block {
+            flags |= RecvFlags::DONTWAIT;
+        }
+        loop {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [IoSliceMut::new(&mut chunk)];
+            match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
+                Ok(msg) => {
+                    for m in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(fds) = m {
+                            self.fds.extend(fds);
+                        }
+                    }
+                    if msg.bytes == 0 {
+                        self.eof = true;
+                        return Ok(false);
+                    }
+                    self.buf.extend_from_slice(&chunk[..msg.bytes]);
+                    if block {
+                        return Ok(true);
+                    }
+                    flags |= RecvFlags::DONTWAIT;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return Ok(true),
+                Err(rustix::io::Errno::CONNRESET) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads until one whole frame is here, or the timeout passes (`Ok(None)`), or EOF
+    /// (`UnexpectedEof`).
+    pub(crate) fn recv_frame(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<Frame>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(f) = self.next_frame()? {
+                return Ok(Some(f));
+            }
+            if self.eof {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "channel closed"));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(None);
+            }
+            if !wait_readable(sock, left)? {
+                return Ok(None);
+            }
+            self.fill(sock, false)?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anonymous memory files (large results travel in one)
+
+/// Writes `bytes` into a new sealed-size anonymous file and returns it, rewound.
+pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("multiproc-result", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let file = File::from(fd);
+    file.write_all_at(bytes, 0)?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Reads `len` bytes from the start of a file received from a child.
+pub(crate) fn read_memfd(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
+    let file = File::from(fd);
+    let size = file.metadata()?.len();
+    if size != len {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "result file has the wrong size"));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    (&file).take(len).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spawning
+
+/// An `exec` of a program with one extra inherited descriptor.
+pub(crate) struct SpawnCommand {
+    cmd: Command,
+    inherit: Option<RawFd>,
+}
+
+impl SpawnCommand {
+    pub(crate) fn new(exe: &Path) -> Self {
+        Self { cmd: Command::new(exe), inherit: None }
+    }
+
+    pub(crate) fn arg0(&mut self, a: &OsStr) -> &mut Self {
+        self.cmd.arg0(a);
+        self
+    }
+
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, args: I) -> &mut Self {
+        self.cmd.args(args);
+        self
+    }
+
+    pub(crate) fn env(&mut self, k: &str, v: &str) -> &mut Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub(crate) fn null_stdout(&mut self) -> &mut Self {
+        self.cmd.stdout(Stdio::null());
+        self
+    }
+
+    /// Lets the child inherit `fd` (same number) across `exec`.
+    pub(crate) fn inherit(&mut self, fd: BorrowedFd<'_>) -> &mut Self {
+        self.inherit = Some(fd.as_raw_fd());
+        self
+    }
+
+    /// Starts the program; returns its pid. Exec failures come back as errors.
+    pub(crate) fn spawn(mut self) -> io::Result<Pid> {
+        if let Some(fd) = self.inherit {
+            // SAFETY:
+            // - the closure runs between fork and exec in the child; it only calls `fcntl`,
+            //   which is async-signal-safe, allocates nothing and takes no lock;
+            // - `fd` is open in the parent for the whole `spawn` call (the caller holds the
+            //   `BorrowedFd` it came from), so it is open in the child.
+            unsafe {
+                self.cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = self.cmd.spawn()?;
+        let pid = Pid::from_raw(child.id() as i32)
+            .ok_or_else(|| io::Error::other("spawn returned a bad pid"))?;
+        // `std::process::Child` does not wait on drop; the pid is ours to reap.
+        drop(child);
+        Ok(pid)
+    }
+}
+
+/// Takes ownership of an inherited descriptor number named in the environment.
+///
+/// Returns `None` if the number is not an open socket.
+pub(crate) fn adopt_inherited_socket(fd: RawFd) -> Option<UnixStream> {
+    if fd < 3 {
+        return None;
+    }
+    // A number that is not open fails `fcntl(F_GETFD)`.
+    // SAFETY:
+    // - F_GETFD only reads the flags of the descriptor number; an invalid number gives EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY:
+    // - the number is open (checked just above) and was passed to this process for it to own:
+    //   the parent created it for this child alone and nothing else here refers to it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stat = rustix::fs::fstat(&owned).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        // Not ours: give the number back untouched.
+        std::mem::forget(owned);
+        return None;
+    }
+    let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+    Some(UnixStream::from(owned))
+}
+
+/// Puts `fd` on standard output (descriptor 1).
+pub(crate) fn set_stdout(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::stdio::dup2_stdout(fd)?)
+}
+
+/// Duplicates standard output as a new owned descriptor.
+pub(crate) fn dup_stdout() -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?)
+}
+
+/// Ignores SIGINT (the forkserver does, as CPython's does: Ctrl-C is for the program).
+pub(crate) fn ignore_sigint(ignore: bool) {
+    let handler = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY:
+    // - installing SIG_IGN or SIG_DFL runs no code of ours in signal context.
+    unsafe { libc::signal(libc::SIGINT, handler) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The running executable
+
+/// The path that always names the running executable, even if its file was replaced.
+pub(crate) fn self_exe() -> &'static Path {
+    Path::new("/proc/self/exe")
+}
+
+/// The GNU build-id note of the ELF file at `path`, if it has one.
+pub(crate) fn elf_build_id(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = File::open(path)?;
+    let mut ehdr = [0u8; 64];
+    file.read_exact_at(&mut ehdr, 0)?;
+    if &ehdr[0..4] != b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return Ok(None); // not a 64-bit little-endian ELF: no build id to read here
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let phoff = u64_at(&ehdr, 0x20);
+    let phentsize = u16_at(&ehdr, 0x36) as u64;
+    let phnum = u16_at(&ehdr, 0x38) as u64;
+    if phentsize < 56 || phnum > 512 {
+        return Ok(None);
+    }
+    let mut phdrs = vec![0u8; (phentsize * phnum) as usize];
+    file.read_exact_at(&mut phdrs, phoff)?;
+    for i in 0..phnum as usize {
+        let ph = &phdrs[i * phentsize as usize..];
+        const PT_NOTE: u32 = 4;
+        if u32_at(ph, 0) != PT_NOTE {
+            continue;
+        }
+        let (offset, size) = (u64_at(ph, 0x08), u64_at(ph, 0x20));
+        if size > 1 << 16 {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        file.read_exact_at(&mut notes, offset)?;
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let namesz = u32_at(&notes, at) as usize;
+            let descsz = u32_at(&notes, at + 4) as usize;
+            let kind = u32_at(&notes, at + 8);
+            let name_at = at + 12;
+            let desc_at = name_at + namesz.next_multiple_of(4);
+            let end = desc_at + descsz.next_multiple_of(4);
+            if end > notes.len() {
+                break;
+            }
+            const NT_GNU_BUILD_ID: u32 = 3;
+            if kind == NT_GNU_BUILD_ID && &notes[name_at..name_at + namesz] == b"GNU\0" {
+                return Ok(Some(notes[desc_at..desc_at + descsz].to_vec()));
+            }
+            at = end;
+        }
+    }
+    Ok(None)
+}
+
+/// The address range `[start, end)` of the mappings of the file that contains `addr`
+/// (the executable's image, when `addr` is the address of a function of ours).
+pub(crate) fn image_range_containing(addr: usize) -> io::Result<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let parse = |line: &str| -> Option<(usize, usize, String)> {
+        let mut parts = line.split_whitespace();
+        let range = parts.next()?;
+        let (lo, hi) = range.split_once('-')?;
+        let lo = usize::from_str_radix(lo, 16).ok()?;
+        let hi = usize::from_str_radix(hi, 16).ok()?;
+        let path = parts.nth(4).unwrap_or("").to_owned();
+        Some((lo, hi, path))
+    };
+    let entries: Vec<_> = maps.lines().filter_map(parse).collect();
+    let path = entries
+        .iter()
+        .find(|(lo, hi, _)| (*lo..*hi).contains(&addr))
+        .map(|(_, _, p)| p.clone())
+        .ok_or_else(|| io::Error::other("code address not found in /proc/self/maps"))?;
+    let mut lo = usize::MAX;
+    let mut hi = 0;
+    for (l, h, p) in &entries {
+        if *p == path && !path.is_empty() {
+            lo = lo.min(*l);
+            hi = hi.max(*h);
+        }
+    }
+    if lo >= hi {
+        return Err(io::Error::other("executable image not found in /proc/self/maps"));
+    }
+    Ok((lo, hi))
+}
+
+/// Random bytes from the kernel.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        match rustix::rand::getrandom(&mut out[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // getrandom(2) exists since Linux 3.17; fall back to the device.
+                if let Ok(mut f) = File::open("/dev/urandom") {
+                    let _ = f.read_exact(&mut out[filled..]);
+                }
+                break;
+            }
+        }
+    }
+    out
+}

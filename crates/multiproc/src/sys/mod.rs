@@ -1,0 +1,26 @@
+//! The OS layer: every system call multiproc makes goes through here.
+//!
+//! # Contract
+//!
+//! The rest of the crate sees only the items re-exported below, and relies on these promises:
+//!
+//! - **Descriptors** are `OwnedFd` / `BorrowedFd`, always opened close-on-exec. A descriptor a
+//!   child must inherit across `exec` is named explicitly ([`SpawnCommand::inherit`]); nothing
+//!   else crosses.
+//! - **Processes** are named by a [`Pid`] *and* a pidfd: signals go through the pidfd
+//!   ([`send_signal`]), so a recycled pid can never be hit. [`reap_nohang`] collects the exit
+//!   status of a child once, without blocking.
+//! - **Waiting** is [`poll_fds`] with an optional [`Duration`]; `EINTR` is retried inside with
+//!   the remaining time, so callers see either readiness, a timeout, or a real error.
+//! - **Channels** between a parent and a child are `AF_UNIX` stream socket pairs carrying
+//!   length-prefixed frames with optional descriptors ([`send_frame`], [`FrameReader`]).
+//! - **Process control** that is unsafe by nature (`fork`, `_exit`, `atexit`, editing the
+//!   environment) is wrapped here with its preconditions written down; callers outside this
+//!   module never write `unsafe` for it, except the one `fork` call site in `start/fork.rs`.
+//!
+//! Linux is the implementation that exists and is tested (`linux.rs`). Another OS plugs in by
+//! providing the same items under its own `cfg`.
+
+mod linux;
+
+pub(crate) use linux::*;
