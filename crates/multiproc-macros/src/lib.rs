@@ -19,9 +19,12 @@ use syn::{ItemFn, parse_macro_input};
 #[proc_macro_attribute]
 pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[multiproc::main] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[multiproc::main] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
     }
     let mut f = parse_macro_input!(item as ItemFn);
     if f.sig.ident != "main" {
@@ -52,9 +55,12 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn test(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[multiproc::test] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[multiproc::test] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
     }
     let mut f = parse_macro_input!(item as ItemFn);
     let name = f.sig.ident.to_string();

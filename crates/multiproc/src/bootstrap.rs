@@ -68,7 +68,10 @@ pub(crate) struct Bootstrap {
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Task {
     /// Run a function with encoded arguments and send back its encoded result.
-    Run { callable: CallableSpec, args: Vec<u8> },
+    Run {
+        callable: CallableSpec,
+        args: Vec<u8>,
+    },
     /// Become the forkserver.
     Forkserver,
 }
@@ -90,7 +93,10 @@ pub(crate) enum Outcome {
     Returned(Vec<u8>),
     /// The same, in the memfd attached to the frame.
     ReturnedInFd(u64),
-    Panicked { message: String, location: Option<String> },
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
     /// The child could not run the target.
     Failed(String),
 }
@@ -99,7 +105,10 @@ pub(crate) enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum HookMode {
     /// `init()` from `main`; spawned children get these arguments.
-    Main { args: Vec<OsString>, arg0: Option<OsString> },
+    Main {
+        args: Vec<OsString>,
+        arg0: Option<OsString>,
+    },
     /// `#[multiproc::test]`; spawned children run this test.
     Test { entry: String },
     /// `init()` from a thread other than the main one (a plain `#[test]`).
@@ -157,7 +166,10 @@ pub fn init() {
     if std::thread::current().name() == Some("main") {
         let mut args = std::env::args_os();
         let arg0 = args.next();
-        set_hook(HookMode::Main { args: args.collect(), arg0 });
+        set_hook(HookMode::Main {
+            args: args.collect(),
+            arg0,
+        });
     } else {
         set_hook(HookMode::OffMainThread);
     }
@@ -171,7 +183,10 @@ pub fn test_hook(path: &str) {
         child_main(&value);
     }
     // libtest names tests by their path without the crate name.
-    let entry = path.split_once("::").map_or(path, |(_, rest)| rest).to_owned();
+    let entry = path
+        .split_once("::")
+        .map_or(path, |(_, rest)| rest)
+        .to_owned();
     set_hook(HookMode::Test { entry });
 }
 
@@ -179,7 +194,9 @@ pub fn test_hook(path: &str) {
 /// still waiting reached multiproc without the hook having run, so it reports that to its
 /// parent and exits rather than redo the parent's work.
 pub(crate) fn ensure_not_pending_child() {
-    let Some(value) = std::env::var_os(ENV_BOOTSTRAP) else { return };
+    let Some(value) = std::env::var_os(ENV_BOOTSTRAP) else {
+        return;
+    };
     if hook_mode().is_some() {
         return;
     }
@@ -187,7 +204,11 @@ pub(crate) fn ensure_not_pending_child() {
         let msg = "the child reached multiproc before its start-up hook ran: call multiproc::init() \
                    as the very first line of main (or use #[multiproc::main])";
         eprintln!("multiproc: {msg}");
-        send_report(&channel, &Report::Outcome(Outcome::Failed(msg.to_owned())), &[]);
+        send_report(
+            &channel,
+            &Report::Outcome(Outcome::Failed(msg.to_owned())),
+            &[],
+        );
         let _ = std::io::stderr().flush();
         sys::exit_now(1);
     }
@@ -205,7 +226,11 @@ pub(crate) fn lock_to_parent() -> std::sync::MutexGuard<'static, Option<UnixStre
     TO_PARENT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn send_report(channel: &UnixStream, report: &Report, fds: &[std::os::fd::BorrowedFd<'_>]) {
+pub(crate) fn send_report(
+    channel: &UnixStream,
+    report: &Report,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) {
     if let Ok(bytes) = codec::encode(report) {
         let _ = sys::send_frame(channel.as_fd(), &bytes, fds, None);
     }
@@ -237,7 +262,10 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
     let mut reader = sys::FrameReader::default();
     let frame = match reader.recv_frame(channel.as_fd(), Some(HANDSHAKE_TIMEOUT)) {
         Ok(Some(f)) => f,
-        Ok(None) => fail(&channel, "the parent sent no instructions in time".to_owned()),
+        Ok(None) => fail(
+            &channel,
+            "the parent sent no instructions in time".to_owned(),
+        ),
         Err(e) => {
             // The parent is gone: nobody to tell.
             eprintln!("multiproc: child could not read its instructions: {e}");
@@ -334,7 +362,9 @@ fn report_result(bytes: Vec<u8>) {
                 send_report(channel, &r, &[fd.as_fd()]);
             }
         }
-        Err(e) => report(Report::Outcome(Outcome::Failed(format!("cannot pass the result back: {e}")))),
+        Err(e) => report(Report::Outcome(Outcome::Failed(format!(
+            "cannot pass the result back: {e}"
+        )))),
     }
 }
 
@@ -359,9 +389,14 @@ fn install_panic_hook() {
         } else {
             "Box<dyn Any>".to_owned()
         };
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         let name = tree::with(|me| me.name.clone());
-        let at = location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default();
+        let at = location
+            .as_deref()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
         eprintln!("Process {name}:\npanicked{at}:\n{message}");
         report(Report::Outcome(Outcome::Panicked { message, location }));
     }));
@@ -370,22 +405,28 @@ fn install_panic_hook() {
 /// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread
 /// waits for the parent's end of the channel to close, then kills this process.
 fn watch_parent(channel: &UnixStream) {
-    let Ok(watch) = channel.try_clone() else { return };
-    let _ = std::thread::Builder::new().name("multiproc-parent-watch".to_owned()).spawn(move || {
-        // The parent never writes after the instructions: readable means end of file.
-        loop {
-            match sys::wait_readable(watch.as_fd(), None) {
-                Ok(true) => sys::kill_self(),
-                Ok(false) => continue,
-                Err(_) => return,
+    let Ok(watch) = channel.try_clone() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("multiproc-parent-watch".to_owned())
+        .spawn(move || {
+            // The parent never writes after the instructions: readable means end of file.
+            loop {
+                match sys::wait_readable(watch.as_fd(), None) {
+                    Ok(true) => sys::kill_self(),
+                    Ok(false) => continue,
+                    Err(_) => return,
+                }
             }
-        }
-    });
+        });
 }
 
 /// The standard output a spawned test child should use, when running under libtest.
 pub(crate) fn stdout_for_child() -> Option<OwnedFd> {
-    matches!(hook_mode(), Some(HookMode::Test { .. })).then(|| sys::dup_stdout().ok()).flatten()
+    matches!(hook_mode(), Some(HookMode::Test { .. }))
+        .then(|| sys::dup_stdout().ok())
+        .flatten()
 }
 
 /// The raw number of the channel, for the environment variable.

@@ -58,7 +58,9 @@ pub(crate) struct CallableSpec {
 /// Why a [`CallableSpec`] was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum CallableError {
-    #[error("the function at {0:#x} is not in the program's executable image (a function from a shared library cannot be started in another process)")]
+    #[error(
+        "the function at {0:#x} is not in the program's executable image (a function from a shared library cannot be started in another process)"
+    )]
     OutsideImage(usize),
     #[error("cannot locate the executable image: {0}")]
     NoImage(String),
@@ -81,7 +83,11 @@ fn image_range() -> Result<(usize, usize), CallableError> {
 
 fn check_in_image(addr: usize) -> Result<(), CallableError> {
     let (lo, hi) = image_range()?;
-    if (lo..hi).contains(&addr) { Ok(()) } else { Err(CallableError::OutsideImage(addr)) }
+    if (lo..hi).contains(&addr) {
+        Ok(())
+    } else {
+        Err(CallableError::OutsideImage(addr))
+    }
 }
 
 /// Decodes the arguments, calls the target, encodes its result.
@@ -101,7 +107,10 @@ fn run_target<A: DeserializeOwned, R: Serialize>(target: usize, args: &[u8]) -> 
 impl Callable {
     /// Wraps a target; the types travel in the runner.
     pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Self {
-        Self { runner: run_target::<A, R>, target: f as usize }
+        Self {
+            runner: run_target::<A, R>,
+            target: f as usize,
+        }
     }
 
     /// Runs it here.

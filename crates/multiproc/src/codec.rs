@@ -17,7 +17,10 @@ pub struct CodecError {
 
 impl CodecError {
     pub(crate) fn new(context: &'static str, e: impl std::fmt::Display) -> Self {
-        Self { context, message: e.to_string() }
+        Self {
+            context,
+            message: e.to_string(),
+        }
     }
 }
 

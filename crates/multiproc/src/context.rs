@@ -35,7 +35,11 @@ pub enum StartMethod {
 
 impl StartMethod {
     /// Every method, the default first (as CPython lists them).
-    pub const ALL: [StartMethod; 3] = [StartMethod::Forkserver, StartMethod::Spawn, StartMethod::Fork];
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Forkserver,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ];
 
     /// The name CPython uses: `"fork"`, `"spawn"` or `"forkserver"`.
     pub fn name(self) -> &'static str {
@@ -177,7 +181,10 @@ pub struct Context {
 impl Context {
     /// A context for `method`.
     pub fn new(method: StartMethod) -> Self {
-        Self { method, executable: None }
+        Self {
+            method,
+            executable: None,
+        }
     }
 
     /// The context of the method in use ([`get_start_method`]).

@@ -93,6 +93,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// The start-up hook is about `fn main`; its examples must show it.
+#![allow(clippy::needless_doctest_main)]
 
 mod bootstrap;
 mod callable;
@@ -113,7 +115,9 @@ pub use context::{
 };
 pub use error::{ChildError, ContextError, ProcessError};
 pub use multiproc_macros::{main, test};
-pub use process::tree::{CurrentProcess, ParentProcess, cpu_count, current_process, parent_process};
+pub use process::tree::{
+    CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
+};
 pub use process::{ChildProcess, Process, active_children};
 pub use wait::wait;
 

@@ -87,7 +87,8 @@ impl ChildShared {
     /// Reads whatever the child (or the forkserver) has sent, without blocking.
     fn drain(&self, st: &mut State) {
         if let Err(e) = st.reader.fill(self.channel.as_fd(), false) {
-            st.status_lost.get_or_insert(format!("reading from the child failed: {e}"));
+            st.status_lost
+                .get_or_insert(format!("reading from the child failed: {e}"));
         }
         loop {
             match st.reader.next_frame() {
@@ -113,7 +114,8 @@ impl ChildShared {
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    st.status_lost.get_or_insert(format!("bad message from the child: {e}"));
+                    st.status_lost
+                        .get_or_insert(format!("bad message from the child: {e}"));
                     break;
                 }
             }
@@ -137,14 +139,16 @@ impl ChildShared {
                 Ok(None) => {}
                 Err(e) => {
                     // Someone else reaped it (SIGCHLD ignored, or a waitpid(-1) elsewhere).
-                    st.status_lost.get_or_insert(format!("the child was reaped elsewhere: {e}"));
+                    st.status_lost
+                        .get_or_insert(format!("the child was reaped elsewhere: {e}"));
                     st.exit = Some(RawExit::Code(255));
                 }
             },
             Reaper::Forkserver => {
                 if st.exit.is_none() && st.reader.at_eof() {
-                    st.status_lost
-                        .get_or_insert_with(|| "the forkserver went away before reporting it".to_owned());
+                    st.status_lost.get_or_insert_with(|| {
+                        "the forkserver went away before reporting it".to_owned()
+                    });
                     st.exit = Some(RawExit::Code(255));
                 }
             }

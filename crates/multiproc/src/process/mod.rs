@@ -80,7 +80,12 @@ impl<R> fmt::Debug for Process<R> {
             },
             State::Closed => "closed".to_owned(),
         };
-        write!(f, "<Process name={:?} {state}{}>", self.name, if self.daemon { " daemon" } else { "" })
+        write!(
+            f,
+            "<Process name={:?} {state}{}>",
+            self.name,
+            if self.daemon { " daemon" } else { "" }
+        )
     }
 }
 
@@ -200,7 +205,12 @@ impl<R: DeserializeOwned> Process<R> {
             }),
             next_child: 1,
         });
-        let job = Job { callable: self.callable, args, me, executable: self.context.executable() };
+        let job = Job {
+            callable: self.callable,
+            args,
+            me,
+            executable: self.context.executable(),
+        };
         let launched = start::launch(self.context.start_method(), &job)?;
         let child = Arc::new(ChildShared::new(launched, self.name.clone(), self.daemon));
         registry::register(&child);
@@ -352,7 +362,10 @@ pub struct ChildProcess {
 
 impl fmt::Debug for ChildProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChildProcess").field("name", &self.name()).field("pid", &self.pid()).finish()
+        f.debug_struct("ChildProcess")
+            .field("name", &self.name())
+            .field("pid", &self.pid())
+            .finish()
     }
 }
 
@@ -408,5 +421,8 @@ impl ChildProcess {
 /// assert!(multiproc::active_children().is_empty());
 /// ```
 pub fn active_children() -> Vec<ChildProcess> {
-    registry::active().into_iter().map(|shared| ChildProcess { shared }).collect()
+    registry::active()
+        .into_iter()
+        .map(|shared| ChildProcess { shared })
+        .collect()
 }

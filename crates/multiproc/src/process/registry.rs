@@ -22,8 +22,12 @@ pub(crate) struct Registry {
     owner: Option<Pid>,
 }
 
-static REGISTRY: Mutex<Registry> =
-    Mutex::new(Registry { children: BTreeMap::new(), next_key: 0, reaper: None, owner: None });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    children: BTreeMap::new(),
+    next_key: 0,
+    reaper: None,
+    owner: None,
+});
 
 /// Locks the registry (held across `fork`).
 pub(crate) fn lock() -> MutexGuard<'static, Registry> {
@@ -46,10 +50,7 @@ pub(crate) fn register(child: &Arc<ChildShared>) {
     reg.next_key += 1;
     let epoll = match &reg.reaper {
         Some(e) => Some(e.clone()),
-        None => start_reaper().map(|e| {
-            reg.reaper = Some(e.clone());
-            e
-        }),
+        None => start_reaper().inspect(|e| reg.reaper = Some(e.clone())),
     };
     reg.children.insert(key, child.clone());
     drop(reg);

@@ -66,7 +66,11 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
         me.next_child += 1;
         let name = format!(
             "Process-{}",
-            identity.iter().map(u32::to_string).collect::<Vec<_>>().join(":")
+            identity
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(":")
         );
         (identity, name)
     })
@@ -157,7 +161,12 @@ impl ParentProcess {
 /// assert!(multiproc::parent_process().is_none());
 /// ```
 pub fn parent_process() -> Option<ParentProcess> {
-    with(|me| me.parent.as_ref().map(|p| ParentProcess { name: p.name.clone(), pid: p.pid as u32 }))
+    with(|me| {
+        me.parent.as_ref().map(|p| ParentProcess {
+            name: p.name.clone(),
+            pid: p.pid as u32,
+        })
+    })
 }
 
 /// The number of CPUs this process may use: the affinity mask and a cgroup CPU quota are
@@ -170,5 +179,7 @@ pub fn parent_process() -> Option<ParentProcess> {
 /// assert!(multiproc::cpu_count() >= 1);
 /// ```
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

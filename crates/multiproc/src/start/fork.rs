@@ -49,9 +49,16 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
             drop((identity, reg, to_parent, client));
             drop(child_end);
             let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
-            parent_end.set_nonblocking(true).map_err(ProcessError::Launch)?;
+            parent_end
+                .set_nonblocking(true)
+                .map_err(ProcessError::Launch)?;
             debug_assert!(parent_end.as_raw_fd() >= 0);
-            Ok(Launched { pid, pidfd, channel: parent_end, reaper: Reaper::Us })
+            Ok(Launched {
+                pid,
+                pidfd,
+                channel: parent_end,
+                reaper: Reaper::Us,
+            })
         }
         Err(e) => Err(ProcessError::Launch(e)),
     }

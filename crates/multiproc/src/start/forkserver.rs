@@ -58,7 +58,9 @@ enum Request {
 #[derive(Serialize, Deserialize)]
 enum Reply {
     /// The child's pid; its pidfd is attached.
-    Forked { pid: i32 },
+    Forked {
+        pid: i32,
+    },
     Error(String),
 }
 
@@ -71,7 +73,11 @@ pub(crate) struct Client {
     conn: Option<(Pid, UnixStream, FrameReader)>,
 }
 
-static CLIENT: Mutex<Client> = Mutex::new(Client { addr: None, started: None, conn: None });
+static CLIENT: Mutex<Client> = Mutex::new(Client {
+    addr: None,
+    started: None,
+    conn: None,
+});
 
 /// Locks the client state (held across `fork`).
 pub(crate) fn lock_client() -> MutexGuard<'static, Client> {
@@ -114,7 +120,10 @@ fn ensure_started(c: &mut Client) -> Result<(), ProcessError> {
         identity: Vec::new(),
         daemon: true,
         authkey: me.authkey,
-        parent: Some(ParentInfo { name: me.name.clone(), pid: sys::getpid().as_raw_nonzero().get() }),
+        parent: Some(ParentInfo {
+            name: me.name.clone(),
+            pid: sys::getpid().as_raw_nonzero().get(),
+        }),
         next_child: 1,
     });
     let boot = Bootstrap {
@@ -135,7 +144,11 @@ fn ensure_started(c: &mut Client) -> Result<(), ProcessError> {
     match codec::decode::<Report>(&frame.bytes)? {
         Report::ForkserverReady(addr) => c.addr = Some(addr),
         Report::Outcome(bootstrap::Outcome::Failed(msg)) => return Err(launch_error(msg)),
-        _ => return Err(launch_error("the forkserver sent something unexpected".to_owned())),
+        _ => {
+            return Err(launch_error(
+                "the forkserver sent something unexpected".to_owned(),
+            ));
+        }
     }
     c.started = Some(launched);
     Ok(())
@@ -169,7 +182,10 @@ fn recv(sock: &UnixStream, reader: &mut FrameReader) -> io::Result<sys::Frame> {
 }
 
 fn auth_failed() -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, "forkserver authentication failed")
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "forkserver authentication failed",
+    )
 }
 
 /// Client side of the mutual handshake.
@@ -179,11 +195,16 @@ fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameRe
     let mut reader = FrameReader::default();
     let challenge = recv(&sock, &mut reader)?.bytes;
     let my_nonce = sys::random_bytes::<32>();
-    let mut answer = mac(key, CLIENT_LABEL, &challenge).finalize().into_bytes().to_vec();
+    let mut answer = mac(key, CLIENT_LABEL, &challenge)
+        .finalize()
+        .into_bytes()
+        .to_vec();
     answer.extend_from_slice(&my_nonce);
     sys::send_frame(sock.as_fd(), &answer, &[], Some(STEP_TIMEOUT))?;
     let proof = recv(&sock, &mut reader)?.bytes;
-    mac(key, SERVER_LABEL, &my_nonce).verify_slice(&proof).map_err(|_| auth_failed())?;
+    mac(key, SERVER_LABEL, &my_nonce)
+        .verify_slice(&proof)
+        .map_err(|_| auth_failed())?;
     Ok((sock, reader))
 }
 
@@ -196,8 +217,12 @@ fn accept_auth(sock: &UnixStream, key: &[u8; 32]) -> io::Result<FrameReader> {
     if answer.len() != 64 {
         return Err(auth_failed());
     }
-    mac(key, CLIENT_LABEL, &nonce).verify_slice(&answer[..32]).map_err(|_| auth_failed())?;
-    let proof = mac(key, SERVER_LABEL, &answer[32..]).finalize().into_bytes();
+    mac(key, CLIENT_LABEL, &nonce)
+        .verify_slice(&answer[..32])
+        .map_err(|_| auth_failed())?;
+    let proof = mac(key, SERVER_LABEL, &answer[32..])
+        .finalize()
+        .into_bytes();
     sys::send_frame(sock.as_fd(), &proof, &[], Some(STEP_TIMEOUT))?;
     Ok(reader)
 }
@@ -207,10 +232,16 @@ fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, Owned
     ensure_started(c)?;
     let me = sys::getpid();
     if c.conn.as_ref().is_none_or(|(pid, _, _)| *pid != me) {
-        let addr = c.addr.clone().ok_or_else(|| launch_error("no forkserver".to_owned()))?;
+        let addr = c
+            .addr
+            .clone()
+            .ok_or_else(|| launch_error("no forkserver".to_owned()))?;
         let key = tree::with(|m| m.authkey);
         let (sock, reader) = connect(&addr, &key).map_err(|e| {
-            launch_error(format!("cannot reach the forkserver (pid {}): {e}", addr.pid))
+            launch_error(format!(
+                "cannot reach the forkserver (pid {}): {e}",
+                addr.pid
+            ))
         })?;
         c.conn = Some((me, sock, reader));
     }
@@ -232,10 +263,16 @@ fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, Owned
     match codec::decode::<Reply>(&frame.bytes)? {
         Reply::Forked { pid } => {
             let pid = sys::pid_from_raw(pid).ok_or_else(|| launch_error("bad pid".to_owned()))?;
-            let pidfd = frame.fds.into_iter().next().ok_or_else(|| launch_error("no pidfd".to_owned()))?;
+            let pidfd = frame
+                .fds
+                .into_iter()
+                .next()
+                .ok_or_else(|| launch_error("no pidfd".to_owned()))?;
             Ok((pid, pidfd))
         }
-        Reply::Error(msg) => Err(launch_error(format!("the forkserver could not fork: {msg}"))),
+        Reply::Error(msg) => Err(launch_error(format!(
+            "the forkserver could not fork: {msg}"
+        ))),
     }
 }
 
@@ -246,7 +283,11 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
         let mut c = lock_client();
         match request_fork(&mut c, child_end.as_fd()) {
             Ok(v) => v,
-            Err(_) if c.started.as_ref().is_some_and(|l| sys::reap_nohang(l.pidfd.as_fd()).ok().flatten().is_some()) => {
+            Err(_)
+                if c.started.as_ref().is_some_and(|l| {
+                    sys::reap_nohang(l.pidfd.as_fd()).ok().flatten().is_some()
+                }) =>
+            {
                 // Our server died: start a new one and try once more.
                 c.addr = None;
                 c.started = None;
@@ -257,10 +298,17 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
         }
     };
     drop(child_end);
-    parent_end.set_nonblocking(true).map_err(ProcessError::Launch)?;
+    parent_end
+        .set_nonblocking(true)
+        .map_err(ProcessError::Launch)?;
     let boot = start::bootstrap_for(job, hook)?;
     start::send_bootstrap(&parent_end, &boot, None)?;
-    Ok(Launched { pid, pidfd, channel: parent_end, reaper: Reaper::Forkserver })
+    Ok(Launched {
+        pid,
+        pidfd,
+        channel: parent_end,
+        reaper: Reaper::Forkserver,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,16 +329,29 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
     sys::ignore_sigint(true);
     let key = tree::with(|m| m.authkey);
     let pid = sys::getpid().as_raw_nonzero().get();
-    let name = format!("multiproc-forkserver-{pid}-{}", hex(&sys::random_bytes::<8>())).into_bytes();
-    let listener = match SocketAddr::from_abstract_name(&name).and_then(|a| UnixListener::bind_addr(&a)) {
-        Ok(l) => l,
-        Err(e) => {
-            let msg = format!("the forkserver cannot listen: {e}");
-            bootstrap::send_report(&channel, &Report::Outcome(bootstrap::Outcome::Failed(msg)), &[]);
-            sys::exit_now(1)
-        }
-    };
-    bootstrap::send_report(&channel, &Report::ForkserverReady(ServerAddr { name, pid }), &[]);
+    let name = format!(
+        "multiproc-forkserver-{pid}-{}",
+        hex(&sys::random_bytes::<8>())
+    )
+    .into_bytes();
+    let listener =
+        match SocketAddr::from_abstract_name(&name).and_then(|a| UnixListener::bind_addr(&a)) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("the forkserver cannot listen: {e}");
+                bootstrap::send_report(
+                    &channel,
+                    &Report::Outcome(bootstrap::Outcome::Failed(msg)),
+                    &[],
+                );
+                sys::exit_now(1)
+            }
+        };
+    bootstrap::send_report(
+        &channel,
+        &Report::ForkserverReady(ServerAddr { name, pid }),
+        &[],
+    );
     let mut conns: Vec<Conn> = Vec::new();
     let mut kids: Vec<Kid> = Vec::new();
     loop {
@@ -302,7 +363,8 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             Err(_) => sys::exit_now(1),
         };
         drop(fds);
-        let (n_conns, mut closed_conns, mut done_kids, mut new_kids) = (conns.len(), Vec::new(), Vec::new(), Vec::new());
+        let (n_conns, mut closed_conns, mut done_kids, mut new_kids) =
+            (conns.len(), Vec::new(), Vec::new(), Vec::new());
         for i in ready {
             match i {
                 // The process that started us is gone.
@@ -326,7 +388,12 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
                     let k = i - 2 - n_conns;
                     if let Ok(Some(exit)) = sys::reap_nohang(kids[k].pidfd.as_fd()) {
                         if let Ok(bytes) = codec::encode(&Report::Exit(exit)) {
-                            let _ = sys::send_frame(kids[k].channel.as_fd(), &bytes, &[], Some(Duration::ZERO));
+                            let _ = sys::send_frame(
+                                kids[k].channel.as_fd(),
+                                &bytes,
+                                &[],
+                                Some(Duration::ZERO),
+                            );
                         }
                         done_kids.push(k);
                     }
@@ -347,12 +414,20 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
 fn serve_conn(conn: &mut Conn, new_kids: &mut Vec<Kid>) -> io::Result<()> {
     conn.reader.fill(conn.sock.as_fd(), false)?;
     while let Some(frame) = conn.reader.next_frame()? {
-        let reply = match (codec::decode::<Request>(&frame.bytes), frame.fds.into_iter().next()) {
+        let reply = match (
+            codec::decode::<Request>(&frame.bytes),
+            frame.fds.into_iter().next(),
+        ) {
             (Ok(Request::Fork), Some(child_end)) => match fork_child(child_end) {
                 Ok((kid, pid)) => {
                     let pidfd = kid.pidfd.try_clone()?;
                     new_kids.push(kid);
-                    (Reply::Forked { pid: pid.as_raw_nonzero().get() }, Some(pidfd))
+                    (
+                        Reply::Forked {
+                            pid: pid.as_raw_nonzero().get(),
+                        },
+                        Some(pidfd),
+                    )
                 }
                 Err(e) => (Reply::Error(e.to_string()), None),
             },
@@ -385,7 +460,13 @@ fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
         }
         Forked::Parent(pid) => {
             let pidfd = sys::pidfd_open(pid)?;
-            Ok((Kid { pidfd, channel: child_end }, pid))
+            Ok((
+                Kid {
+                    pidfd,
+                    channel: child_end,
+                },
+                pid,
+            ))
         }
     }
 }

@@ -53,7 +53,10 @@ pub(crate) fn require_hook() -> Result<HookMode, ProcessError> {
 
 /// The instructions for a spawned or forkserver child.
 pub(crate) fn bootstrap_for(job: &Job<'_>, hook: HookMode) -> Result<Bootstrap, ProcessError> {
-    let spec = job.callable.to_spec().map_err(|e| ProcessError::Function(e.to_string()))?;
+    let spec = job
+        .callable
+        .to_spec()
+        .map_err(|e| ProcessError::Function(e.to_string()))?;
     Ok(Bootstrap {
         build_id: callable::build_identity().to_vec(),
         me: job.me.clone(),
@@ -61,7 +64,10 @@ pub(crate) fn bootstrap_for(job: &Job<'_>, hook: HookMode) -> Result<Bootstrap, 
         start_method: context::chosen_start_method(),
         hook,
         stdout_attached: false,
-        task: Task::Run { callable: spec, args: job.args.to_vec() },
+        task: Task::Run {
+            callable: spec,
+            args: job.args.to_vec(),
+        },
     })
 }
 
@@ -74,9 +80,21 @@ pub(crate) fn send_bootstrap(
 ) -> Result<(), ProcessError> {
     let bytes = codec::encode(boot)?;
     let fds: Vec<BorrowedFd<'_>> = stdout.iter().map(|fd| fd.as_fd()).collect();
-    match sys::send_frame(channel.as_fd(), &bytes, &fds, Some(bootstrap::HANDSHAKE_TIMEOUT)) {
+    match sys::send_frame(
+        channel.as_fd(),
+        &bytes,
+        &fds,
+        Some(bootstrap::HANDSHAKE_TIMEOUT),
+    ) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(ProcessError::Launch(e)),
     }
 }

@@ -18,7 +18,10 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
 
 /// The libtest arguments that make a test binary run one test and print nothing of its own.
 fn test_args(entry: &str) -> Vec<OsString> {
-    ["--exact", entry, "--nocapture", "--test-threads=1", "-q"].iter().map(OsString::from).collect()
+    ["--exact", entry, "--nocapture", "--test-threads=1", "-q"]
+        .iter()
+        .map(OsString::from)
+        .collect()
 }
 
 /// Starts `exe` as a child that will carry out `boot` (also used to start the forkserver).
@@ -42,11 +45,22 @@ pub(crate) fn spawn_with(exe: &Path, mut boot: Bootstrap) -> Result<Launched, Pr
         }
         HookMode::OffMainThread => return Err(ProcessError::HookMissing(bootstrap::HOOK_OFF_MAIN)),
     }
-    cmd.env(bootstrap::ENV_BOOTSTRAP, &bootstrap::fd_env_value(&child_end)).inherit(std::os::fd::AsFd::as_fd(&child_end));
+    cmd.env(
+        bootstrap::ENV_BOOTSTRAP,
+        &bootstrap::fd_env_value(&child_end),
+    )
+    .inherit(std::os::fd::AsFd::as_fd(&child_end));
     let pid = cmd.spawn().map_err(ProcessError::Launch)?;
     drop(child_end);
     let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
-    parent_end.set_nonblocking(true).map_err(ProcessError::Launch)?;
+    parent_end
+        .set_nonblocking(true)
+        .map_err(ProcessError::Launch)?;
     start::send_bootstrap(&parent_end, &boot, stdout.as_ref())?;
-    Ok(Launched { pid, pidfd, channel: parent_end, reaper: Reaper::Us })
+    Ok(Launched {
+        pid,
+        pidfd,
+        channel: parent_end,
+        reaper: Reaper::Us,
+    })
 }

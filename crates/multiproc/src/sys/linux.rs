@@ -28,7 +28,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use rustix::process::{PidfdFlags, Signal, WaitIdOptions, WaitId};
+use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 pub(crate) use rustix::process::Pid;
 
@@ -131,9 +131,11 @@ pub(crate) unsafe fn fork() -> io::Result<Forked> {
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(
-            Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned a bad pid"))?,
-        )),
+        pid => {
+            Ok(Forked::Parent(Pid::from_raw(pid).ok_or_else(|| {
+                io::Error::other("fork returned a bad pid")
+            })?))
+        }
     }
 }
 
@@ -190,7 +192,9 @@ pub(crate) fn close_all_fds_except(keep: RawFd) {
         let rc = unsafe { libc::close_range(lo as libc::c_uint, hi as libc::c_uint, 0) };
         if rc != 0 {
             // Kernels before 5.9: close what /proc lists.
-            let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { continue };
+            let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+                continue;
+            };
             let fds: Vec<RawFd> = dir
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .filter(|fd| (lo..=hi).contains(fd))
@@ -232,7 +236,10 @@ fn timespec(d: Duration) -> Timespec {
 
 /// Waits until at least one descriptor is ready or the timeout passes; returns the ready
 /// indices (empty on timeout). `EINTR` is retried with the time left.
-pub(crate) fn poll_fds(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+pub(crate) fn poll_fds(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<usize>> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let mut pfds: Vec<PollFd<'_>> = fds
@@ -268,7 +275,9 @@ pub(crate) struct Epoll {
 
 impl Epoll {
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(Self { fd: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)? })
+        Ok(Self {
+            fd: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)?,
+        })
     }
 
     pub(crate) fn add(&self, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
@@ -332,7 +341,8 @@ pub(crate) fn send_frame(
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     let header = len.to_le_bytes();
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
     let mut sent = 0usize;
     let total = header.len() + bytes.len();
     let mut first = true;
@@ -340,14 +350,20 @@ pub(crate) fn send_frame(
         let mut control = SendAncillaryBuffer::new(&mut space);
         if first && !fds.is_empty() {
             if fds.len() > MAX_FDS_PER_FRAME {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "too many descriptors",
+                ));
             }
             control.push(SendAncillaryMessage::ScmRights(fds));
         }
         let iov = if sent < header.len() {
             [IoSlice::new(&header[sent..]), IoSlice::new(bytes)]
         } else {
-            [IoSlice::new(&[]), IoSlice::new(&bytes[sent - header.len()..])]
+            [
+                IoSlice::new(&[]),
+                IoSlice::new(&bytes[sent - header.len()..]),
+            ]
         };
         match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(n) => {
@@ -359,7 +375,10 @@ pub(crate) fn send_frame(
                 // A non-blocking socket: wait until it drains.
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 if left == Some(Duration::ZERO) {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "peer does not read"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "peer does not read",
+                    ));
                 }
                 let ts = left.map(timespec);
                 let mut p = [PollFd::from_borrowed_fd(sock, PollFlags::OUT)];
@@ -403,14 +422,20 @@ impl FrameReader {
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > MAX_FRAME {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "channel frame too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "channel frame too large",
+            ));
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
         let bytes = self.buf[4..4 + len].to_vec();
         self.buf.drain(..4 + len);
-        Ok(Some(Frame { bytes, fds: std::mem::take(&mut self.fds) }))
+        Ok(Some(Frame {
+            bytes,
+            fds: std::mem::take(&mut self.fds),
+        }))
     }
 
     /// Reads what is available. With `block`, waits for at least some data (or EOF);
@@ -420,7 +445,8 @@ impl FrameReader {
             return Ok(false);
         }
         let mut chunk = [0u8; 16 * 1024];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+        let mut space =
+            [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
         let mut flags = RecvFlags::CMSG_CLOEXEC;
         if !block {
             flags |= RecvFlags::DONTWAIT;
@@ -469,7 +495,10 @@ impl FrameReader {
                 return Ok(Some(f));
             }
             if self.eof {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "channel closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "channel closed",
+                ));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
@@ -499,7 +528,10 @@ pub(crate) fn read_memfd(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
     let file = File::from(fd);
     let size = file.metadata()?.len();
     if size != len {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "result file has the wrong size"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "result file has the wrong size",
+        ));
     }
     let mut out = Vec::with_capacity(len as usize);
     (&file).take(len).read_to_end(&mut out)?;
@@ -517,7 +549,10 @@ pub(crate) struct SpawnCommand {
 
 impl SpawnCommand {
     pub(crate) fn new(exe: &Path) -> Self {
-        Self { cmd: Command::new(exe), inherit: None }
+        Self {
+            cmd: Command::new(exe),
+            inherit: None,
+        }
     }
 
     pub(crate) fn arg0(&mut self, a: &OsStr) -> &mut Self {
@@ -525,7 +560,10 @@ impl SpawnCommand {
         self
     }
 
-    pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, args: I) -> &mut Self {
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &mut self,
+        args: I,
+    ) -> &mut Self {
         self.cmd.args(args);
         self
     }
@@ -705,7 +743,9 @@ pub(crate) fn image_range_containing(addr: usize) -> io::Result<(usize, usize)> 
         }
     }
     if lo >= hi {
-        return Err(io::Error::other("executable image not found in /proc/self/maps"));
+        return Err(io::Error::other(
+            "executable image not found in /proc/self/maps",
+        ));
     }
     Ok((lo, hi))
 }
