@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec;
+use crate::sys;
 
 /// What a runner returns: the encoded result of the target, or why it could not run.
 pub(crate) type RunResult = Result<Vec<u8>, RunError>;
@@ -72,13 +73,21 @@ fn anchor() -> usize {
     anchor as fn() -> usize as usize
 }
 
-/// The `[start, end)` range of the executable's mapped image, read once.
+/// The running executable's ELF facts, read once.
+fn exe_image() -> &'static Result<sys::ExeImage, String> {
+    static IMAGE: OnceLock<Result<sys::ExeImage, String>> = OnceLock::new();
+    IMAGE.get_or_init(|| sys::exe_image().map_err(|e| e.to_string()))
+}
+
+/// The `[start, end)` range of the executable's mapped image.
 fn image_range() -> Result<(usize, usize), CallableError> {
-    static RANGE: OnceLock<Result<(usize, usize), String>> = OnceLock::new();
-    RANGE
-        .get_or_init(|| crate::sys::image_range_containing(anchor()).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(CallableError::NoImage)
+    match exe_image() {
+        Ok(sys::ExeImage { range: Some(r), .. }) if (r.0..r.1).contains(&anchor()) => Ok(*r),
+        Ok(_) => Err(CallableError::NoImage(
+            "no program headers for the executable".to_owned(),
+        )),
+        Err(e) => Err(CallableError::NoImage(e.clone())),
+    }
 }
 
 fn check_in_image(addr: usize) -> Result<(), CallableError> {
@@ -156,17 +165,16 @@ impl Callable {
 /// identities are equal.
 pub(crate) fn build_identity() -> &'static [u8] {
     static ID: OnceLock<Vec<u8>> = OnceLock::new();
-    ID.get_or_init(|| {
-        let exe = crate::sys::self_exe();
-        match crate::sys::elf_build_id(exe) {
-            Ok(Some(id)) => id,
-            _ => {
-                use sha2::Digest;
-                match std::fs::read(exe) {
-                    Ok(bytes) => sha2::Sha256::digest(&bytes).to_vec(),
-                    // Unreadable executable: an identity no other process can match.
-                    Err(_) => crate::sys::random_bytes::<32>().to_vec(),
-                }
+    ID.get_or_init(|| match exe_image() {
+        Ok(sys::ExeImage {
+            build_id: Some(id), ..
+        }) => id.clone(),
+        _ => {
+            use sha2::Digest;
+            match std::fs::read(sys::self_exe()) {
+                Ok(bytes) => sha2::Sha256::digest(&bytes).to_vec(),
+                // Unreadable executable: an identity no other process can match.
+                Err(_) => sys::random_bytes::<32>().to_vec(),
             }
         }
     })

@@ -2,14 +2,19 @@
 //! rule at exit (daemons terminated, the others joined), and for the reaper thread that makes
 //! sure no finished child stays a zombie.
 //!
-//! The reaper is one thread per parent process, started with the first child. It sleeps in
-//! `epoll_wait` on the pidfd of every child (the channel, for forkserver children) and
-//! collects each status as soon as the child ends, so a child that is never joined is reaped
-//! promptly. Joiners collect the status themselves when they get there first; both go through
-//! [`ChildShared::poll_exit`], which does it once, under a lock.
+//! The reaper is one thread per parent process, started with the first child. While there are
+//! children it wakes every [`REAP_TICK`], asks an epoll set holding every child's pidfd (the
+//! channel, for forkserver children) which have ended, and collects their status; with no
+//! children it sleeps until one is registered. So a child that is never joined stops being
+//! a zombie within a tick. It deliberately does not wake at each exit: the joiner is usually
+//! waiting for that exit, and an extra thread waking at the same moment costs the joiner a
+//! context switch. Joiners and the reaper both go through [`ChildShared::poll_exit`], which
+//! collects a status once, under a lock.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::Duration;
 
 use crate::process::child::ChildShared;
 use crate::sys::{self, Epoll, Pid, Sig};
@@ -17,7 +22,7 @@ use crate::sys::{self, Epoll, Pid, Sig};
 pub(crate) struct Registry {
     children: BTreeMap<u64, Arc<ChildShared>>,
     next_key: u64,
-    reaper: Option<Arc<Epoll>>,
+    reaper: Option<(Arc<Epoll>, Thread)>,
     /// The pid the `atexit` rule was registered for (a fork child inherits the registration).
     owner: Option<Pid>,
 }
@@ -48,29 +53,37 @@ pub(crate) fn register(child: &Arc<ChildShared>) {
     }
     let key = reg.next_key;
     reg.next_key += 1;
-    let epoll = match &reg.reaper {
-        Some(e) => Some(e.clone()),
-        None => start_reaper().inspect(|e| reg.reaper = Some(e.clone())),
-    };
+    if reg.reaper.is_none() {
+        reg.reaper = start_reaper();
+    }
     reg.children.insert(key, child.clone());
-    drop(reg);
-    if let Some(epoll) = epoll {
+    if let Some((epoll, thread)) = &reg.reaper {
         let _ = epoll.add(child.exit_fd(), key);
+        thread.unpark();
     }
 }
 
-fn start_reaper() -> Option<Arc<Epoll>> {
+/// How often the reaper looks for ended children while there are some.
+const REAP_TICK: Duration = Duration::from_millis(50);
+
+fn start_reaper() -> Option<(Arc<Epoll>, Thread)> {
     let epoll = Arc::new(Epoll::new().ok()?);
     let for_thread = epoll.clone();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("multiproc-reaper".to_owned())
         .spawn(move || reaper_loop(&for_thread))
         .ok()?;
-    Some(epoll)
+    Some((epoll, handle.thread().clone()))
 }
 
 fn reaper_loop(epoll: &Epoll) {
-    while let Ok(keys) = epoll.wait() {
+    loop {
+        if lock().children.is_empty() {
+            std::thread::park();
+            continue;
+        }
+        std::thread::sleep(REAP_TICK);
+        let Ok(keys) = epoll.ready_now() else { return };
         for key in keys {
             let child = lock().children.get(&key).cloned();
             let Some(child) = child else { continue };
@@ -96,7 +109,7 @@ pub(crate) fn active() -> Vec<Arc<ChildShared>> {
     }
     for key in done {
         if let Some(child) = reg.children.remove(&key) {
-            if let Some(epoll) = &reg.reaper {
+            if let Some((epoll, _)) = &reg.reaper {
                 epoll.remove(child.exit_fd());
             }
         }
@@ -132,10 +145,15 @@ pub(crate) fn after_fork_in_child(reg: &mut Registry) {
             sys::neutralize_fd(fd);
         }
     }
-    reg.children.clear();
-    if let Some(epoll) = reg.reaper.take() {
+    // Forgotten rather than freed: freeing writes to the allocator's pages, and every page
+    // written after a fork is a copy-on-write fault. The child is about to run its target
+    // and exit; the parent's copies are its to free.
+    std::mem::forget(std::mem::take(&mut reg.children));
+    if let Some((epoll, _)) = reg.reaper.take() {
         sys::neutralize_fd(epoll.raw_fd());
-        // The dead reaper thread's clone keeps it from being freed; that is fine.
+        // The reaper thread did not survive the fork; its clone keeps the epoll from being
+        // freed, which is fine.
+        std::mem::forget(epoll);
     }
     if reg.owner.is_some() {
         reg.owner = Some(sys::getpid());

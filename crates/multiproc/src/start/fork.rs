@@ -23,6 +23,9 @@ use crate::sys::{self, Forked};
 pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     let me = job.me.clone();
+    // The child neutralizes the parent's descriptors with it; opening it here saves the
+    // child an `open` and the faults that come with it.
+    let _ = sys::dev_null();
     // Lock order: identity, registry, channel to parent, forkserver client.
     let mut identity = tree::lock();
     let mut reg = registry::lock();
@@ -39,7 +42,8 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
             forkserver::after_fork_in_child(&mut client);
             // The parent's own channel to its parent is not ours.
             *to_parent = None;
-            *identity = Some(me);
+            // Forgotten, not freed: see `registry::after_fork_in_child`.
+            std::mem::forget(identity.replace(me));
             drop((identity, reg, to_parent, client));
             drop(parent_end);
             let daemon = job.me.daemon;

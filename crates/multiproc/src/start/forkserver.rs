@@ -17,6 +17,13 @@
 //! reaches end of file), and ignores SIGINT so that Ctrl-C is the program's business.
 //! Children of the process tree use the same server (its address travels in their
 //! instructions).
+//!
+//! # Safety
+//!
+//! This file opts in to `unsafe` for the server's one call of [`sys::fork`]: the server is
+//! single-threaded and runs no user code, so nothing can hold a lock at the fork; the child
+//! closes every descriptor of the server's and never returns into the server's loop.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -278,7 +285,14 @@ fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, Owned
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let hook = start::require_hook()?;
+    // Started first, so the instructions carry its address for the child's own children.
+    ensure_running()?;
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
+    parent_end
+        .set_nonblocking(true)
+        .map_err(ProcessError::Launch)?;
+    // Small instructions go first, so the child finds them the moment it starts.
+    let early = start::send_bootstrap_early(&parent_end, start::bootstrap_for(job, hook)?, None)?;
     let (pid, pidfd) = {
         let mut c = lock_client();
         match request_fork(&mut c, child_end.as_fd()) {
@@ -298,11 +312,9 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
         }
     };
     drop(child_end);
-    parent_end
-        .set_nonblocking(true)
-        .map_err(ProcessError::Launch)?;
-    let boot = start::bootstrap_for(job, hook)?;
-    start::send_bootstrap(&parent_end, &boot, None)?;
+    if let Some(late) = early {
+        start::send_bootstrap(&parent_end, &late, None)?;
+    }
     Ok(Launched {
         pid,
         pidfd,
@@ -442,7 +454,6 @@ fn serve_conn(conn: &mut Conn, new_kids: &mut Vec<Kid>) -> io::Result<()> {
 
 /// Forks one child. In the child this never returns.
 fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
-    #[allow(unsafe_code)]
     // SAFETY:
     // - the forkserver is single-threaded (it starts no thread and runs no user code), so no
     //   lock can be held by another thread at the fork.

@@ -71,6 +71,32 @@ pub(crate) fn bootstrap_for(job: &Job<'_>, hook: HookMode) -> Result<Bootstrap, 
     })
 }
 
+/// Instructions up to this size are written before the child exists: they fit in the
+/// socket's buffer, so the write cannot block, and the child finds them at once.
+const EARLY_BOOTSTRAP_MAX: usize = 64 * 1024;
+
+/// Sends `boot` now if it is small, and gives it back otherwise (to send once the child
+/// exists and can read).
+pub(crate) fn send_bootstrap_early(
+    channel: &UnixStream,
+    boot: Bootstrap,
+    stdout: Option<&OwnedFd>,
+) -> Result<Option<Bootstrap>, ProcessError> {
+    let bytes = codec::encode(&boot)?;
+    if bytes.len() > EARLY_BOOTSTRAP_MAX {
+        return Ok(Some(boot));
+    }
+    let fds: Vec<BorrowedFd<'_>> = stdout.iter().map(|fd| fd.as_fd()).collect();
+    sys::send_frame(
+        channel.as_fd(),
+        &bytes,
+        &fds,
+        Some(bootstrap::HANDSHAKE_TIMEOUT),
+    )
+    .map_err(ProcessError::Launch)?;
+    Ok(None)
+}
+
 /// Sends the instructions on the parent's end of a new child's channel. A child that died
 /// before reading them is not an error here: its exit status tells.
 pub(crate) fn send_bootstrap(

@@ -6,7 +6,7 @@
 //! that states its preconditions: `fork(2)` ([`fork`]), `_exit(2)` ([`exit_now`]),
 //! `atexit(3)` ([`register_atexit`]), removing a variable from the environment
 //! ([`remove_env_var_at_startup`]), `close_range(2)` ([`close_all_fds_except`]), signal
-//! dispositions ([`ignore_sigint`]), taking ownership of an inherited descriptor number
+//! dispositions ([`ignore_sigint`]), reading the aux vector ([`exe_image`]), taking ownership of an inherited descriptor number
 //! ([`adopt_inherited_socket`], [`neutralize_fd`]) and the `pre_exec` hook of a spawn
 //! ([`SpawnCommand::spawn`]). Everything else goes through `rustix`'s safe wrappers.
 #![allow(unsafe_code)]
@@ -208,12 +208,18 @@ pub(crate) fn close_all_fds_except(keep: RawFd) {
     }
 }
 
+/// `/dev/null`, opened once and kept. Call it before a fork so the child finds it open.
+pub(crate) fn dev_null() -> Option<&'static File> {
+    static NULL: std::sync::OnceLock<Option<File>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| File::open("/dev/null").ok()).as_ref()
+}
+
 /// Replaces the open file behind descriptor number `fd` by `/dev/null`, keeping the number
 /// valid. Used in a fork child for descriptors that belong to the parent's bookkeeping: the
 /// parent's `OwnedFd` values still exist in the child's copy of memory, so the numbers must
 /// stay open (closing them could let a later `open` reuse a number some `OwnedFd` will close).
 pub(crate) fn neutralize_fd(fd: RawFd) {
-    if let Ok(null) = File::open("/dev/null") {
+    if let Some(null) = dev_null() {
         // SAFETY:
         // - `fd` is a descriptor this process owns (the caller's bookkeeping says so); `dup2`
         //   atomically swaps the file behind it and the number stays owned by the same
@@ -293,14 +299,15 @@ impl Epoll {
         let _ = rustix::event::epoll::delete(&self.fd, fd);
     }
 
-    /// Waits for ready members and returns their keys.
-    pub(crate) fn wait(&self) -> io::Result<Vec<u64>> {
-        let mut events = Vec::with_capacity(32);
+    /// The keys of the members that are ready now.
+    pub(crate) fn ready_now(&self) -> io::Result<Vec<u64>> {
+        let mut events = Vec::with_capacity(64);
+        let zero = timespec(Duration::ZERO);
         loop {
             match rustix::event::epoll::wait(
                 &self.fd,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                Some(&zero),
             ) {
                 Ok(_) => return Ok(events.iter().map(|e| e.data.u64()).collect()),
                 Err(rustix::io::Errno::INTR) => continue,
@@ -444,7 +451,11 @@ impl FrameReader {
         if self.eof {
             return Ok(false);
         }
-        let mut chunk = [0u8; 16 * 1024];
+        // Small on the stack: control frames are tiny, and every stack page touched after a
+        // fork costs a copy-on-write fault. Bulk data (large instructions) reads in a heap
+        // buffer.
+        let mut small = [0u8; 1024];
+        let mut large: Vec<u8> = Vec::new();
         let mut space =
             [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
         let mut flags = RecvFlags::CMSG_CLOEXEC;
@@ -453,7 +464,13 @@ impl FrameReader {
         }
         loop {
             let mut control = RecvAncillaryBuffer::new(&mut space);
-            let mut iov = [IoSliceMut::new(&mut chunk)];
+            let chunk: &mut [u8] = if large.is_empty() {
+                &mut small
+            } else {
+                &mut large
+            };
+            let capacity = chunk.len();
+            let mut iov = [IoSliceMut::new(chunk)];
             match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
                 Ok(msg) => {
                     for m in control.drain() {
@@ -465,9 +482,13 @@ impl FrameReader {
                         self.eof = true;
                         return Ok(false);
                     }
-                    self.buf.extend_from_slice(&chunk[..msg.bytes]);
+                    let [iov] = iov;
+                    self.buf.extend_from_slice(&iov[..msg.bytes]);
                     if block {
                         return Ok(true);
+                    }
+                    if msg.bytes == capacity && large.is_empty() {
+                        large = vec![0u8; 64 * 1024];
                     }
                     flags |= RecvFlags::DONTWAIT;
                 }
@@ -663,91 +684,103 @@ pub(crate) fn self_exe() -> &'static Path {
     Path::new("/proc/self/exe")
 }
 
-/// The GNU build-id note of the ELF file at `path`, if it has one.
-pub(crate) fn elf_build_id(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = File::open(path)?;
+/// What multiproc needs to know about the running executable, read from its ELF headers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExeImage {
+    /// The GNU build-id note, if the linker wrote one.
+    pub(crate) build_id: Option<Vec<u8>>,
+    /// Where the executable's loadable segments are mapped in this process.
+    pub(crate) range: Option<(usize, usize)>,
+}
+
+/// Reads the build id and the mapped range of the running executable: one open and a few
+/// `pread`s of its headers, plus `AT_PHDR` from the aux vector to find the load address.
+pub(crate) fn exe_image() -> io::Result<ExeImage> {
+    let file = File::open(self_exe())?;
     let mut ehdr = [0u8; 64];
     file.read_exact_at(&mut ehdr, 0)?;
     if &ehdr[0..4] != b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Ok(None); // not a 64-bit little-endian ELF: no build id to read here
+        // Not a 64-bit little-endian ELF: nothing to read here.
+        return Ok(ExeImage::default());
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(v)
+    };
     let phoff = u64_at(&ehdr, 0x20);
-    let phentsize = u16_at(&ehdr, 0x36) as u64;
-    let phnum = u16_at(&ehdr, 0x38) as u64;
+    let phentsize = u16_at(&ehdr, 0x36) as usize;
+    let phnum = u16_at(&ehdr, 0x38) as usize;
     if phentsize < 56 || phnum > 512 {
-        return Ok(None);
+        return Ok(ExeImage::default());
     }
-    let mut phdrs = vec![0u8; (phentsize * phnum) as usize];
+    let mut phdrs = vec![0u8; phentsize * phnum];
     file.read_exact_at(&mut phdrs, phoff)?;
-    for i in 0..phnum as usize {
-        let ph = &phdrs[i * phentsize as usize..];
-        const PT_NOTE: u32 = 4;
-        if u32_at(ph, 0) != PT_NOTE {
-            continue;
-        }
-        let (offset, size) = (u64_at(ph, 0x08), u64_at(ph, 0x20));
-        if size > 1 << 16 {
-            continue;
-        }
-        let mut notes = vec![0u8; size as usize];
-        file.read_exact_at(&mut notes, offset)?;
-        let mut at = 0usize;
-        while at + 12 <= notes.len() {
-            let namesz = u32_at(&notes, at) as usize;
-            let descsz = u32_at(&notes, at + 4) as usize;
-            let kind = u32_at(&notes, at + 8);
-            let name_at = at + 12;
-            let desc_at = name_at + namesz.next_multiple_of(4);
-            let end = desc_at + descsz.next_multiple_of(4);
-            if end > notes.len() {
-                break;
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    const PT_PHDR: u32 = 6;
+    let mut image = ExeImage::default();
+    let (mut lo, mut hi, mut phdr_vaddr) = (u64::MAX, 0u64, None);
+    for ph in phdrs.chunks_exact(phentsize) {
+        let (kind, offset, vaddr) = (u32_at(ph, 0), u64_at(ph, 0x08), u64_at(ph, 0x10));
+        let (filesz, memsz) = (u64_at(ph, 0x20), u64_at(ph, 0x28));
+        match kind {
+            PT_LOAD => {
+                lo = lo.min(vaddr);
+                hi = hi.max(vaddr.saturating_add(memsz));
             }
-            const NT_GNU_BUILD_ID: u32 = 3;
-            if kind == NT_GNU_BUILD_ID && &notes[name_at..name_at + namesz] == b"GNU\0" {
-                return Ok(Some(notes[desc_at..desc_at + descsz].to_vec()));
+            PT_PHDR => phdr_vaddr = Some(vaddr),
+            PT_NOTE if image.build_id.is_none() && filesz <= 1 << 16 => {
+                let mut notes = vec![0u8; filesz as usize];
+                file.read_exact_at(&mut notes, offset)?;
+                image.build_id = find_build_id(&notes, &u32_at);
             }
-            at = end;
+            _ => {}
         }
     }
-    Ok(None)
+    // The load address: where the program headers are in memory, minus where the file says.
+    let at_phdr = aux_program_headers();
+    if let (Some(vaddr), Some(at_phdr)) = (phdr_vaddr, at_phdr) {
+        if lo < hi {
+            let base = at_phdr.wrapping_sub(vaddr as usize);
+            image.range = Some((
+                base.wrapping_add(lo as usize),
+                base.wrapping_add(hi as usize),
+            ));
+        }
+    }
+    Ok(image)
 }
 
-/// The address range `[start, end)` of the mappings of the file that contains `addr`
-/// (the executable's image, when `addr` is the address of a function of ours).
-pub(crate) fn image_range_containing(addr: usize) -> io::Result<(usize, usize)> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let parse = |line: &str| -> Option<(usize, usize, String)> {
-        let mut parts = line.split_whitespace();
-        let range = parts.next()?;
-        let (lo, hi) = range.split_once('-')?;
-        let lo = usize::from_str_radix(lo, 16).ok()?;
-        let hi = usize::from_str_radix(hi, 16).ok()?;
-        let path = parts.nth(4).unwrap_or("").to_owned();
-        Some((lo, hi, path))
-    };
-    let entries: Vec<_> = maps.lines().filter_map(parse).collect();
-    let path = entries
-        .iter()
-        .find(|(lo, hi, _)| (*lo..*hi).contains(&addr))
-        .map(|(_, _, p)| p.clone())
-        .ok_or_else(|| io::Error::other("code address not found in /proc/self/maps"))?;
-    let mut lo = usize::MAX;
-    let mut hi = 0;
-    for (l, h, p) in &entries {
-        if *p == path && !path.is_empty() {
-            lo = lo.min(*l);
-            hi = hi.max(*h);
+fn find_build_id(notes: &[u8], u32_at: &dyn Fn(&[u8], usize) -> u32) -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let mut at = 0usize;
+    while at + 12 <= notes.len() {
+        let namesz = u32_at(notes, at) as usize;
+        let descsz = u32_at(notes, at + 4) as usize;
+        let kind = u32_at(notes, at + 8);
+        let name_at = at + 12;
+        let desc_at = name_at + namesz.next_multiple_of(4);
+        let end = desc_at + descsz.next_multiple_of(4);
+        if end > notes.len() {
+            return None;
         }
+        if kind == NT_GNU_BUILD_ID && notes[name_at..name_at + namesz] == *b"GNU\0" {
+            return Some(notes[desc_at..desc_at + descsz].to_vec());
+        }
+        at = end;
     }
-    if lo >= hi {
-        return Err(io::Error::other(
-            "executable image not found in /proc/self/maps",
-        ));
-    }
-    Ok((lo, hi))
+    None
+}
+
+/// `getauxval(AT_PHDR)`: the address of the executable's program headers in memory.
+fn aux_program_headers() -> Option<usize> {
+    // SAFETY:
+    // - `getauxval` only reads the process's auxiliary vector; it has no preconditions.
+    let v = unsafe { libc::getauxval(libc::AT_PHDR) };
+    (v != 0).then_some(v as usize)
 }
 
 /// Random bytes from the kernel.
