@@ -225,7 +225,7 @@ pub(crate) fn neutralize_fd(fd: RawFd) {
         //   atomically swaps the file behind it and the number stays owned by the same
         //   `OwnedFd`, so nothing is closed twice.
         let mut target = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let _ = rustix::io::dup2(&null, &mut target);
+        let _ = rustix::io::dup2(null, &mut target);
     }
 }
 
