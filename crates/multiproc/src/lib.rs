@@ -96,6 +96,11 @@
 // The start-up hook is about `fn main`; its examples must show it.
 #![allow(clippy::needless_doctest_main)]
 
+// Lets the crate's own unit tests use `#[multiproc_macros::test]`, whose expansion names
+// `::multiproc`.
+#[cfg(test)]
+extern crate self as multiproc;
+
 mod bootstrap;
 mod callable;
 mod codec;

@@ -42,7 +42,9 @@ fn a_different_build_refuses_to_run() {
     ctx.set_executable(copy_with_other_build_id(&dir));
     let mut p = ctx.process(answer, ());
     p.start().expect("start");
-    let err = p.join_result().expect_err("a different build must not run the target");
+    let err = p
+        .join_result()
+        .expect_err("a different build must not run the target");
     match err {
         ProcessError::Child(ChildError::Failed(msg)) => {
             assert!(msg.contains("different build of the program"), "{msg}");

@@ -31,7 +31,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,10 @@ use crate::sys::{self, Forked, FrameReader, Pid};
 
 /// How long one step of the connection handshake or a fork request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the server waits for a new connection to answer its challenge. A client of the
+/// program answers in microseconds.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Where a forkserver listens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,25 +219,6 @@ fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameRe
     Ok((sock, reader))
 }
 
-/// Server side of the mutual handshake.
-fn accept_auth(sock: &UnixStream, key: &[u8; 32]) -> io::Result<FrameReader> {
-    let mut reader = FrameReader::default();
-    let nonce = sys::random_bytes::<32>();
-    sys::send_frame(sock.as_fd(), &nonce, &[], Some(STEP_TIMEOUT))?;
-    let answer = recv(sock, &mut reader)?.bytes;
-    if answer.len() != 64 {
-        return Err(auth_failed());
-    }
-    mac(key, CLIENT_LABEL, &nonce)
-        .verify_slice(&answer[..32])
-        .map_err(|_| auth_failed())?;
-    let proof = mac(key, SERVER_LABEL, &answer[32..])
-        .finalize()
-        .into_bytes();
-    sys::send_frame(sock.as_fd(), &proof, &[], Some(STEP_TIMEOUT))?;
-    Ok(reader)
-}
-
 /// Asks the server to fork a child that will use `child_end` as its channel.
 fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, OwnedFd), ProcessError> {
     ensure_started(c)?;
@@ -326,10 +311,27 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
 // ---------------------------------------------------------------------------------------------
 // The server
 
+/// One client connection of the server.
 struct Conn {
     sock: UnixStream,
     reader: FrameReader,
+    auth: Auth,
 }
+
+/// Where a connection stands in the handshake. Nothing but the handshake is read from a
+/// connection until it has proved it holds the authkey.
+enum Auth {
+    /// The server's nonce is sent; the answer must come before the deadline.
+    Waiting {
+        nonce: [u8; 32],
+        deadline: Instant,
+    },
+    Done,
+}
+
+/// The largest frame a connection may send before it has authenticated (its answer is 64
+/// bytes).
+const HANDSHAKE_FRAME_MAX: usize = 64;
 
 struct Kid {
     pidfd: OwnedFd,
@@ -337,6 +339,9 @@ struct Kid {
 }
 
 /// The forkserver's main loop. `channel` leads to the process that started it.
+///
+/// Single-threaded and never blocked by one client: every connection is non-blocking, the
+/// handshake is a state per connection with a deadline, and writes have short timeouts.
 pub(crate) fn serve(channel: UnixStream) -> ! {
     sys::ignore_sigint(true);
     let key = tree::with(|m| m.authkey);
@@ -351,11 +356,8 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("the forkserver cannot listen: {e}");
-                bootstrap::send_report(
-                    &channel,
-                    &Report::Outcome(bootstrap::Outcome::Failed(msg)),
-                    &[],
-                );
+                let report = Report::Outcome(bootstrap::Outcome::Failed(msg));
+                bootstrap::send_report(&channel, &report, &[]);
                 sys::exit_now(1)
             }
         };
@@ -367,45 +369,46 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
     let mut conns: Vec<Conn> = Vec::new();
     let mut kids: Vec<Kid> = Vec::new();
     loop {
+        let now = Instant::now();
+        conns.retain(|c| !matches!(c.auth, Auth::Waiting { deadline, .. } if deadline <= now));
+        let next_deadline = conns
+            .iter()
+            .filter_map(|c| match c.auth {
+                Auth::Waiting { deadline, .. } => Some(deadline),
+                Auth::Done => None,
+            })
+            .min();
         let mut fds: Vec<BorrowedFd<'_>> = vec![channel.as_fd(), listener.as_fd()];
         fds.extend(conns.iter().map(|c| c.sock.as_fd()));
         fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
-        let ready = match sys::poll_fds(&fds, None) {
-            Ok(r) => r,
-            Err(_) => sys::exit_now(1),
+        let timeout = next_deadline.map(|d| d.saturating_duration_since(now));
+        let Ok(ready) = sys::poll_fds(&fds, timeout) else {
+            sys::exit_now(1)
         };
         drop(fds);
-        let (n_conns, mut closed_conns, mut done_kids, mut new_kids) =
-            (conns.len(), Vec::new(), Vec::new(), Vec::new());
+        let n_conns = conns.len();
+        let (mut closed, mut done_kids, mut new_kids) = (Vec::new(), Vec::new(), Vec::new());
         for i in ready {
             match i {
                 // The process that started us is gone.
                 0 => sys::exit_now(0),
                 1 => {
-                    if let Ok((sock, _)) = listener.accept() {
-                        if sock.set_nonblocking(true).is_ok() {
-                            if let Ok(reader) = accept_auth(&sock, &key) {
-                                conns.push(Conn { sock, reader });
-                            }
-                        }
+                    if let Some(conn) = accept(&listener) {
+                        conns.push(conn);
                     }
                 }
                 i if i < 2 + n_conns => {
                     let conn = &mut conns[i - 2];
-                    if serve_conn(conn, &mut new_kids).is_err() || conn.reader.at_eof() {
-                        closed_conns.push(i - 2);
+                    if serve_conn(conn, &key, &mut new_kids).is_err() || conn.reader.at_eof() {
+                        closed.push(i - 2);
                     }
                 }
                 i => {
                     let k = i - 2 - n_conns;
                     if let Ok(Some(exit)) = sys::reap_nohang(kids[k].pidfd.as_fd()) {
                         if let Ok(bytes) = codec::encode(&Report::Exit(exit)) {
-                            let _ = sys::send_frame(
-                                kids[k].channel.as_fd(),
-                                &bytes,
-                                &[],
-                                Some(Duration::ZERO),
-                            );
+                            let ch = kids[k].channel.as_fd();
+                            let _ = sys::send_frame(ch, &bytes, &[], Some(Duration::ZERO));
                         }
                         done_kids.push(k);
                     }
@@ -415,16 +418,50 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
         for k in done_kids.into_iter().rev() {
             kids.swap_remove(k);
         }
-        for c in closed_conns.into_iter().rev() {
+        for c in closed.into_iter().rev() {
             conns.swap_remove(c);
         }
         kids.extend(new_kids);
     }
 }
 
-/// Handles the requests one client has sent.
-fn serve_conn(conn: &mut Conn, new_kids: &mut Vec<Kid>) -> io::Result<()> {
+/// Accepts a connection and sends it the challenge.
+fn accept(listener: &UnixListener) -> Option<Conn> {
+    let (sock, _) = listener.accept().ok()?;
+    sock.set_nonblocking(true).ok()?;
+    let nonce = sys::random_bytes::<32>();
+    sys::send_frame(sock.as_fd(), &nonce, &[], Some(Duration::ZERO)).ok()?;
+    Some(Conn {
+        sock,
+        reader: FrameReader::with_limit(HANDSHAKE_FRAME_MAX),
+        auth: Auth::Waiting {
+            nonce,
+            deadline: Instant::now() + HANDSHAKE_DEADLINE,
+        },
+    })
+}
+
+/// Handles what one client has sent: the handshake answer, then fork requests.
+fn serve_conn(conn: &mut Conn, key: &[u8; 32], new_kids: &mut Vec<Kid>) -> io::Result<()> {
     conn.reader.fill(conn.sock.as_fd(), false)?;
+    if let Auth::Waiting { nonce, .. } = conn.auth {
+        let Some(frame) = conn.reader.next_frame()? else {
+            return Ok(());
+        };
+        let answer = frame.bytes;
+        if answer.len() != 64 {
+            return Err(auth_failed());
+        }
+        mac(key, CLIENT_LABEL, &nonce)
+            .verify_slice(&answer[..32])
+            .map_err(|_| auth_failed())?;
+        let proof = mac(key, SERVER_LABEL, &answer[32..])
+            .finalize()
+            .into_bytes();
+        sys::send_frame(conn.sock.as_fd(), &proof, &[], Some(STEP_TIMEOUT))?;
+        conn.auth = Auth::Done;
+        conn.reader.unlimit();
+    }
     while let Some(frame) = conn.reader.next_frame()? {
         let reply = match (
             codec::decode::<Request>(&frame.bytes),
@@ -479,5 +516,94 @@ fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
                 pid,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::context::{Context, StartMethod};
+
+    fn server_addr() -> ServerAddr {
+        ensure_running().expect("forkserver starts");
+        current_addr().expect("forkserver address")
+    }
+
+    fn raw_connect(addr: &ServerAddr) -> UnixStream {
+        let sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(&addr.name).unwrap())
+            .expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock
+    }
+
+    /// Reads until the server closes the connection; panics if it does not within the
+    /// read timeout.
+    fn assert_closed_by_server(mut sock: UnixStream) {
+        let mut sink = Vec::new();
+        sock.read_to_end(&mut sink)
+            .expect("the server closes the connection");
+    }
+
+    fn two(x: u32) -> u32 {
+        x * 2
+    }
+
+    fn start_one() -> u32 {
+        let mut p = Context::new(StartMethod::Forkserver).process(two, 21);
+        p.start().expect("start");
+        p.join_result().expect("result")
+    }
+
+    #[multiproc_macros::test]
+    fn a_wrong_key_is_refused() {
+        let addr = server_addr();
+        let wrong = [7u8; 32];
+        let Err(err) = connect(&addr, &wrong) else {
+            panic!("a wrong key must not authenticate")
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+            ),
+            "{err:?}"
+        );
+        // A garbage answer of the wrong size is refused too.
+        let mut sock = raw_connect(&addr);
+        sock.write_all(&[3, 0, 0, 0, 1, 2, 3]).unwrap();
+        assert_closed_by_server(sock);
+        // And the server still serves the program.
+        assert_eq!(start_one(), 42);
+    }
+
+    #[multiproc_macros::test]
+    fn an_oversized_frame_before_authentication_is_refused() {
+        let addr = server_addr();
+        let mut sock = raw_connect(&addr);
+        sock.write_all(&(1u32 << 20).to_le_bytes()).unwrap();
+        assert_closed_by_server(sock);
+        assert_eq!(start_one(), 42);
+    }
+
+    #[multiproc_macros::test]
+    fn a_silent_client_does_not_block_the_server() {
+        let addr = server_addr();
+        let silent = raw_connect(&addr);
+        // The server answers others while the silent one holds its connection open.
+        for _ in 0..3 {
+            assert_eq!(start_one(), 42);
+        }
+        // And it drops the silent one after the handshake deadline.
+        assert_closed_by_server(silent);
+    }
+
+    #[multiproc_macros::test]
+    fn the_right_key_authenticates() {
+        let addr = server_addr();
+        let key = tree::with(|m| m.authkey);
+        connect(&addr, &key).expect("the program's own key authenticates");
     }
 }

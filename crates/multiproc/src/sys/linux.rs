@@ -410,6 +410,8 @@ pub(crate) struct FrameReader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
     eof: bool,
+    /// The largest frame accepted; 0 means [`MAX_FRAME`].
+    limit: usize,
 }
 
 /// The largest frame a channel accepts (frames carry control messages only; bulk data goes
@@ -417,6 +419,18 @@ pub(crate) struct FrameReader {
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
 impl FrameReader {
+    /// A reader that refuses frames longer than `limit` (for peers not yet authenticated).
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// Lifts the limit back to [`MAX_FRAME`].
+    pub(crate) fn unlimit(&mut self) {
+        self.limit = 0;
+    }
     /// True once the peer has closed its end.
     pub(crate) fn at_eof(&self) -> bool {
         self.eof
@@ -428,7 +442,12 @@ impl FrameReader {
             return Ok(None);
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME {
+        let limit = if self.limit == 0 {
+            MAX_FRAME
+        } else {
+            self.limit
+        };
+        if len > limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "channel frame too large",
