@@ -47,8 +47,9 @@ pub(crate) const ENV_BOOTSTRAP: &str = "MULTIPROC_BOOTSTRAP";
 /// How long a child waits for its instructions, and a parent for a forkserver to come up.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Results larger than this travel in a memfd rather than on the socket.
-const INLINE_RESULT_MAX: usize = 32 * 1024;
+/// Arguments and results larger than this travel in a memfd rather than on the socket, so
+/// no frame is ever large and neither side blocks on a full socket.
+pub(crate) const INLINE_PAYLOAD_MAX: usize = 32 * 1024;
 
 /// Everything a child needs from its parent.
 #[derive(Serialize, Deserialize)]
@@ -64,13 +65,21 @@ pub(crate) struct Bootstrap {
     pub(crate) task: Task,
 }
 
+/// Encoded bytes, in the frame or, when large, in a memfd attached to it.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Payload {
+    Inline(Vec<u8>),
+    /// This many bytes are in the memfd attached after any other descriptor.
+    Memfd(u64),
+}
+
 /// What the child is for.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Task {
     /// Run a function with encoded arguments and send back its encoded result.
     Run {
         callable: CallableSpec,
-        args: Vec<u8>,
+        args: Payload,
     },
     /// Become the forkserver.
     Forkserver,
@@ -288,12 +297,12 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
             ),
         );
     }
+    let mut fds = frame.fds.into_iter();
     if boot.stdout_attached {
-        if let Some(fd) = frame.fds.first() {
+        if let Some(fd) = fds.next() {
             let _ = sys::set_stdout(fd.as_fd());
         }
     }
-    drop(frame.fds);
     *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(boot.hook.clone());
     let daemon = boot.me.daemon;
     tree::become_(boot.me);
@@ -302,10 +311,20 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
         crate::context::inherit_start_method(m);
     }
     match boot.task {
-        Task::Run { callable, args } => match Callable::from_spec(callable) {
-            Ok(c) => run_child(c, &args, channel, daemon),
-            Err(e) => fail(&channel, format!("cannot find the function to run: {e}")),
-        },
+        Task::Run { callable, args } => {
+            let args = match args {
+                Payload::Inline(bytes) => bytes,
+                Payload::Memfd(len) => match fds.next().map(|fd| sys::read_memfd(fd, len)) {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(e)) => fail(&channel, format!("cannot read the arguments: {e}")),
+                    None => fail(&channel, "the arguments' memfd is missing".to_owned()),
+                },
+            };
+            match Callable::from_spec(callable) {
+                Ok(c) => run_child(c, &args, channel, daemon),
+                Err(e) => fail(&channel, format!("cannot find the function to run: {e}")),
+            }
+        }
         Task::Forkserver => forkserver::serve(channel),
     }
 }
@@ -352,7 +371,7 @@ fn report(r: Report) {
 }
 
 fn report_result(bytes: Vec<u8>) {
-    if bytes.len() <= INLINE_RESULT_MAX {
+    if bytes.len() <= INLINE_PAYLOAD_MAX {
         return report(Report::Outcome(Outcome::Returned(bytes)));
     }
     match sys::memfd_with(&bytes) {

@@ -43,7 +43,7 @@ use crate::codec;
 use crate::error::ProcessError;
 use crate::process::child::{Launched, Reaper};
 use crate::process::tree::{self, Me, ParentInfo};
-use crate::start::{self, Job, spawn};
+use crate::start::{self, Instructions, Job, spawn};
 use crate::sys::{self, Forked, FrameReader, Pid};
 
 /// How long one step of the connection handshake or a fork request may take.
@@ -146,7 +146,13 @@ fn ensure_started(c: &mut Client) -> Result<(), ProcessError> {
         stdout_attached: false,
         task: Task::Forkserver,
     };
-    let launched = spawn::spawn_with(sys::self_exe(), boot)?;
+    let launched = spawn::spawn_with(
+        sys::self_exe(),
+        Instructions {
+            boot,
+            fds: Vec::new(),
+        },
+    )?;
     let mut reader = FrameReader::default();
     let frame = reader
         .recv_frame(launched.channel.as_fd(), Some(bootstrap::HANDSHAKE_TIMEOUT))
@@ -272,21 +278,19 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let hook = start::require_hook()?;
     // Started first, so the instructions carry its address for the child's own children.
     ensure_running()?;
+    let ins = start::instructions_for(job, hook)?;
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     parent_end
         .set_nonblocking(true)
         .map_err(ProcessError::Launch)?;
-    // Small instructions go first, so the child finds them the moment it starts.
-    let early = start::send_bootstrap_early(&parent_end, start::bootstrap_for(job, hook)?, None)?;
+    // Instructions that fit in the socket's buffer go before the fork request, so the child
+    // finds them the moment it starts; larger ones once it exists to read them.
+    let sent_early = start::send_instructions_if_small(&parent_end, &ins)?;
     let (pid, pidfd) = {
         let mut c = lock_client();
         match request_fork(&mut c, child_end.as_fd()) {
             Ok(v) => v,
-            Err(_)
-                if c.started.as_ref().is_some_and(|l| {
-                    sys::reap_nohang(l.pidfd.as_fd()).ok().flatten().is_some()
-                }) =>
-            {
+            Err(_) if server_died(&c) => {
                 // Our server died: start a new one and try once more.
                 c.addr = None;
                 c.started = None;
@@ -297,8 +301,8 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
         }
     };
     drop(child_end);
-    if let Some(late) = early {
-        start::send_bootstrap(&parent_end, &late, None)?;
+    if !sent_early {
+        start::send_instructions(&parent_end, &ins)?;
     }
     Ok(Launched {
         pid,
@@ -306,6 +310,13 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
         channel: parent_end,
         reaper: Reaper::Forkserver,
     })
+}
+
+/// Whether the server this process started has ended.
+fn server_died(c: &Client) -> bool {
+    c.started
+        .as_ref()
+        .is_some_and(|l| sys::reap_nohang(l.pidfd.as_fd()).ok().flatten().is_some())
 }
 
 // ---------------------------------------------------------------------------------------------

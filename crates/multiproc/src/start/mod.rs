@@ -12,11 +12,12 @@ pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod spawn;
 
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use crate::bootstrap::{self, Bootstrap, HookMode, Task};
+use crate::bootstrap::{self, Bootstrap, HookMode, Payload, Task};
 use crate::callable::{self, Callable};
 use crate::codec;
 use crate::context::{self, StartMethod};
@@ -51,13 +52,30 @@ pub(crate) fn require_hook() -> Result<HookMode, ProcessError> {
     }
 }
 
+/// A child's instructions and the descriptors that ride with them (standard output for a
+/// test child, then the memfd of large arguments).
+pub(crate) struct Instructions {
+    pub(crate) boot: Bootstrap,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
 /// The instructions for a spawned or forkserver child.
-pub(crate) fn bootstrap_for(job: &Job<'_>, hook: HookMode) -> Result<Bootstrap, ProcessError> {
+pub(crate) fn instructions_for(
+    job: &Job<'_>,
+    hook: HookMode,
+) -> Result<Instructions, ProcessError> {
     let spec = job
         .callable
         .to_spec()
         .map_err(|e| ProcessError::Function(e.to_string()))?;
-    Ok(Bootstrap {
+    let mut fds = Vec::new();
+    let args = if job.args.len() <= bootstrap::INLINE_PAYLOAD_MAX {
+        Payload::Inline(job.args.to_vec())
+    } else {
+        fds.push(sys::memfd_with(job.args).map_err(ProcessError::Launch)?);
+        Payload::Memfd(job.args.len() as u64)
+    };
+    let boot = Bootstrap {
         build_id: callable::build_identity().to_vec(),
         me: job.me.clone(),
         forkserver: forkserver::current_addr(),
@@ -66,61 +84,42 @@ pub(crate) fn bootstrap_for(job: &Job<'_>, hook: HookMode) -> Result<Bootstrap, 
         stdout_attached: false,
         task: Task::Run {
             callable: spec,
-            args: job.args.to_vec(),
+            args,
         },
-    })
+    };
+    Ok(Instructions { boot, fds })
+}
+
+/// Sends the instructions on the parent's end of a new child's channel, waiting at most
+/// the handshake timeout for room. A child that died before reading them is not an error
+/// here: its exit status tells.
+pub(crate) fn send_instructions(
+    channel: &UnixStream,
+    ins: &Instructions,
+) -> Result<(), ProcessError> {
+    let bytes = codec::encode(&ins.boot)?;
+    let fds: Vec<BorrowedFd<'_>> = ins.fds.iter().map(|fd| fd.as_fd()).collect();
+    let timeout = Some(bootstrap::HANDSHAKE_TIMEOUT);
+    match sys::send_frame(channel.as_fd(), &bytes, &fds, timeout) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Ok(()),
+        Err(e) => Err(ProcessError::Launch(e)),
+    }
 }
 
 /// Instructions up to this size are written before the child exists: they fit in the
-/// socket's buffer, so the write cannot block, and the child finds them at once.
-const EARLY_BOOTSTRAP_MAX: usize = 64 * 1024;
+/// socket's buffer, so the write cannot block.
+const EARLY_INSTRUCTIONS_MAX: usize = 64 * 1024;
 
-/// Sends `boot` now if it is small, and gives it back otherwise (to send once the child
-/// exists and can read).
-pub(crate) fn send_bootstrap_early(
+/// Sends the instructions now if they fit in the socket's buffer; false if they must wait
+/// until the child exists.
+pub(crate) fn send_instructions_if_small(
     channel: &UnixStream,
-    boot: Bootstrap,
-    stdout: Option<&OwnedFd>,
-) -> Result<Option<Bootstrap>, ProcessError> {
-    let bytes = codec::encode(&boot)?;
-    if bytes.len() > EARLY_BOOTSTRAP_MAX {
-        return Ok(Some(boot));
+    ins: &Instructions,
+) -> Result<bool, ProcessError> {
+    if codec::encode(&ins.boot)?.len() > EARLY_INSTRUCTIONS_MAX {
+        return Ok(false);
     }
-    let fds: Vec<BorrowedFd<'_>> = stdout.iter().map(|fd| fd.as_fd()).collect();
-    sys::send_frame(
-        channel.as_fd(),
-        &bytes,
-        &fds,
-        Some(bootstrap::HANDSHAKE_TIMEOUT),
-    )
-    .map_err(ProcessError::Launch)?;
-    Ok(None)
-}
-
-/// Sends the instructions on the parent's end of a new child's channel. A child that died
-/// before reading them is not an error here: its exit status tells.
-pub(crate) fn send_bootstrap(
-    channel: &UnixStream,
-    boot: &Bootstrap,
-    stdout: Option<&OwnedFd>,
-) -> Result<(), ProcessError> {
-    let bytes = codec::encode(boot)?;
-    let fds: Vec<BorrowedFd<'_>> = stdout.iter().map(|fd| fd.as_fd()).collect();
-    match sys::send_frame(
-        channel.as_fd(),
-        &bytes,
-        &fds,
-        Some(bootstrap::HANDSHAKE_TIMEOUT),
-    ) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(ProcessError::Launch(e)),
-    }
+    send_instructions(channel, ins)?;
+    Ok(true)
 }

@@ -2,18 +2,19 @@
 //! instructions from a socket it inherits (named by `MULTIPROC_BOOTSTRAP`).
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::Path;
 
-use crate::bootstrap::{self, Bootstrap, HookMode};
+use crate::bootstrap::{self, HookMode};
 use crate::error::ProcessError;
 use crate::process::child::{Launched, Reaper};
-use crate::start::{self, Job};
+use crate::start::{self, Instructions, Job};
 use crate::sys::{self, SpawnCommand};
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let hook = start::require_hook()?;
-    let boot = start::bootstrap_for(job, hook)?;
-    spawn_with(job.executable.unwrap_or(sys::self_exe()), boot)
+    let ins = start::instructions_for(job, hook)?;
+    spawn_with(job.executable.unwrap_or(sys::self_exe()), ins)
 }
 
 /// The libtest arguments that make a test binary run one test and print nothing of its own.
@@ -24,12 +25,15 @@ fn test_args(entry: &str) -> Vec<OsString> {
         .collect()
 }
 
-/// Starts `exe` as a child that will carry out `boot` (also used to start the forkserver).
-pub(crate) fn spawn_with(exe: &Path, mut boot: Bootstrap) -> Result<Launched, ProcessError> {
+/// Starts `exe` as a child that will carry out `ins` (also used to start the forkserver).
+///
+/// The instructions are written once `exec` has succeeded: the child is then still starting
+/// its runtime, so they are there before it looks, and a large write cannot block on a
+/// child that does not exist.
+pub(crate) fn spawn_with(exe: &Path, mut ins: Instructions) -> Result<Launched, ProcessError> {
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     let mut cmd = SpawnCommand::new(exe);
-    let mut stdout = None;
-    match &boot.hook {
+    match &ins.boot.hook {
         HookMode::Main { args, arg0 } => {
             if let Some(a0) = arg0 {
                 cmd.arg0(a0);
@@ -40,23 +44,27 @@ pub(crate) fn spawn_with(exe: &Path, mut boot: Bootstrap) -> Result<Launched, Pr
             // libtest prints a banner before running the test: send it to /dev/null and hand
             // the real standard output over with the instructions.
             cmd.args(test_args(entry)).null_stdout();
-            stdout = bootstrap::stdout_for_child();
-            boot.stdout_attached = stdout.is_some();
+            if let Some(stdout) = bootstrap::stdout_for_child() {
+                ins.fds.insert(0, stdout);
+                ins.boot.stdout_attached = true;
+            }
         }
-        HookMode::OffMainThread => return Err(ProcessError::HookMissing(bootstrap::HOOK_OFF_MAIN)),
+        HookMode::OffMainThread => {
+            return Err(ProcessError::HookMissing(bootstrap::HOOK_OFF_MAIN));
+        }
     }
     cmd.env(
         bootstrap::ENV_BOOTSTRAP,
         &bootstrap::fd_env_value(&child_end),
-    )
-    .inherit(std::os::fd::AsFd::as_fd(&child_end));
+    );
+    cmd.inherit(child_end.as_fd());
     let pid = cmd.spawn().map_err(ProcessError::Launch)?;
     drop(child_end);
     let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
     parent_end
         .set_nonblocking(true)
         .map_err(ProcessError::Launch)?;
-    start::send_bootstrap(&parent_end, &boot, stdout.as_ref())?;
+    start::send_instructions(&parent_end, &ins)?;
     Ok(Launched {
         pid,
         pidfd,
