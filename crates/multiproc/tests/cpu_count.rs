@@ -8,7 +8,9 @@ use multiproc::{Context, StartMethod};
 fn count_pinned(_: ()) -> (usize, usize) {
     let before = multiproc::cpu_count();
     let allowed = rustix::thread::sched_getaffinity(None).expect("getaffinity");
-    let first = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).expect("a cpu");
+    let first = (0..rustix::thread::CpuSet::MAX_CPU)
+        .find(|&c| allowed.is_set(c))
+        .expect("a cpu");
     let mut one = rustix::thread::CpuSet::new();
     one.set(first);
     rustix::thread::sched_setaffinity(None, &one).expect("setaffinity");
@@ -17,7 +19,11 @@ fn count_pinned(_: ()) -> (usize, usize) {
 
 #[multiproc::test]
 fn the_affinity_mask_is_honoured() {
-    for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::Forkserver] {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
         let mut p = Context::new(method).process(count_pinned, ());
         p.start().expect("start");
         let (before, pinned) = p.join_result().expect("result");
@@ -61,5 +67,9 @@ fn a_cgroup_quota_is_honoured() {
     p.start().expect("start");
     let counted = p.join_result();
     let _ = std::fs::remove_dir(&dir);
-    assert_eq!(counted.expect("result"), 1, "a child limited to half a CPU counts 1");
+    assert_eq!(
+        counted.expect("result"),
+        1,
+        "a child limited to half a CPU counts 1"
+    );
 }
