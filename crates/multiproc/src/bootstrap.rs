@@ -423,18 +423,33 @@ fn install_panic_hook() {
 
 /// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread
 /// waits for the parent's end of the channel to close, then kills this process.
+///
+/// When the parent is also this process's real parent (fork, spawn), the thread watches its
+/// pidfd as well: a copy of the parent's end leaked into another process (a sibling forked by
+/// another thread at that moment) cannot keep this daemon alive then.
 fn watch_parent(channel: &UnixStream) {
     let Ok(watch) = channel.try_clone() else {
         return;
     };
+    let parent = match tree::with(|me| me.parent.as_ref().map(|p| p.pid)) {
+        Some(pid) => match sys::pidfd_of_real_parent(pid) {
+            Ok(fd) => fd,
+            // It is our real parent and it is already gone.
+            Err(sys::ParentGone) => sys::kill_self(),
+        },
+        None => None,
+    };
     let _ = std::thread::Builder::new()
         .name("multiproc-parent-watch".to_owned())
         .spawn(move || {
-            // The parent never writes after the instructions: readable means end of file.
+            // The parent never writes after the instructions: readable means end of file;
+            // a readable pidfd means the parent ended.
+            let mut fds = vec![watch.as_fd()];
+            fds.extend(parent.as_ref().map(|p| p.as_fd()));
             loop {
-                match sys::wait_readable(watch.as_fd(), None) {
-                    Ok(true) => sys::kill_self(),
-                    Ok(false) => continue,
+                match sys::poll_fds(&fds, None) {
+                    Ok(ready) if !ready.is_empty() => sys::kill_self(),
+                    Ok(_) => continue,
                     Err(_) => return,
                 }
             }

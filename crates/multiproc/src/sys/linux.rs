@@ -48,6 +48,36 @@ pub(crate) fn pid_from_raw(raw: i32) -> Option<Pid> {
     Pid::from_raw(raw)
 }
 
+/// The parent this process was told of is gone.
+#[derive(Debug)]
+pub(crate) struct ParentGone;
+
+/// A pidfd for this process's real parent, if that is `expected` (fork and spawn children);
+/// `Ok(None)` when the real parent is another process (the forkserver's children).
+///
+/// # Errors
+///
+/// [`ParentGone`] when `expected` was the real parent and has already ended (this process
+/// has been re-parented).
+pub(crate) fn pidfd_of_real_parent(expected: i32) -> Result<Option<OwnedFd>, ParentGone> {
+    let real = || rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if real() != expected {
+        // Either another process forked us (the forkserver), or our parent already died and
+        // we were re-parented. The forkserver's children know their parent by the channel.
+        return Ok(None);
+    }
+    let Some(pid) = Pid::from_raw(expected) else {
+        return Ok(None);
+    };
+    let fd = pidfd_open(pid).map_err(|_| ParentGone)?;
+    // Opened after checking: if the parent died in between, the pid may name another
+    // process now, but then we were re-parented, which the second check sees.
+    if real() != expected {
+        return Err(ParentGone);
+    }
+    Ok(Some(fd))
+}
+
 /// Opens a pidfd for `pid`. For a child that has not been reaped this cannot race with pid
 /// reuse; for any other process the caller must know the process is alive.
 pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
