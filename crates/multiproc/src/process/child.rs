@@ -13,6 +13,9 @@ use crate::bootstrap::{Outcome, Report};
 use crate::codec;
 use crate::sys::{self, FrameReader, Pid, RawExit, Sig};
 
+/// How long a parent waits for the forkserver's report once the child is gone.
+const FORKSERVER_REPORT_WAIT: Duration = Duration::from_secs(5);
+
 /// Who collects the exit status of a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reaper {
@@ -66,13 +69,11 @@ impl ChildShared {
         self.pidfd.as_fd()
     }
 
-    /// The descriptor that becomes readable when there is news about the exit: the pidfd
-    /// for our own children, the channel for the forkserver's.
+    /// The descriptor that becomes readable when the child has ended: its pidfd. Once it
+    /// is, [`poll_exit`](Self::poll_exit) has the status (for a forkserver child it waits,
+    /// bounded, for the server's report), so the sentinel never runs ahead of `exitcode`.
     pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
-        match self.reaper {
-            Reaper::Us => self.pidfd.as_fd(),
-            Reaper::Forkserver => self.channel.as_fd(),
-        }
+        self.pidfd.as_fd()
     }
 
     /// Raw numbers of the descriptors this handle owns (for a fork child to neutralize).
@@ -145,7 +146,29 @@ impl ChildShared {
                 }
             },
             Reaper::Forkserver => {
-                if st.exit.is_none() && st.reader.at_eof() {
+                // The server reaps the child and then reports; once the child is gone, the
+                // report is moments away: wait for it, so that the child is never seen dead
+                // without its status.
+                if st.exit.is_none()
+                    && sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO)).unwrap_or(false)
+                {
+                    let deadline = Instant::now() + FORKSERVER_REPORT_WAIT;
+                    while st.exit.is_none() && !st.reader.at_eof() {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero()
+                            || !sys::wait_readable(self.channel.as_fd(), Some(left))
+                                .unwrap_or(false)
+                        {
+                            break;
+                        }
+                        self.drain(&mut st);
+                    }
+                }
+                if st.exit.is_none()
+                    && (st.reader.at_eof()
+                        || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO))
+                            .unwrap_or(false))
+                {
                     st.status_lost.get_or_insert_with(|| {
                         "the forkserver went away before reporting it".to_owned()
                     });

@@ -64,7 +64,9 @@ pub struct Process<R = ()> {
     name: String,
     identity: Vec<u32>,
     daemon: bool,
-    context: Context,
+    /// `None`: the default context, looked up at `start` (so making a process does not fix
+    /// the default start method, as in CPython).
+    context: Option<Context>,
     state: State,
     result_taken: bool,
     _result: PhantomData<fn() -> R>,
@@ -102,7 +104,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             name,
             identity,
             daemon: tree::with(|me| me.daemon),
-            context: Context::default_context(),
+            context: None,
             state: State::Created,
             result_taken: false,
             _result: PhantomData,
@@ -126,7 +128,7 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Uses this context's start method (builder form).
     pub fn with_context(mut self, context: Context) -> Self {
-        self.context = context;
+        self.context = Some(context);
         self
     }
 
@@ -163,9 +165,13 @@ impl<R: DeserializeOwned> Process<R> {
         self.daemon
     }
 
-    /// The start method this process uses.
+    /// The start method this process uses (for one made without a context: the method in
+    /// use now, without fixing it).
     pub fn start_method(&self) -> crate::StartMethod {
-        self.context.start_method()
+        match &self.context {
+            Some(c) => c.start_method(),
+            None => crate::context::chosen_start_method().unwrap_or(crate::DEFAULT_START_METHOD),
+        }
     }
 
     fn started(&self, op: &'static str) -> Result<&Arc<ChildShared>, ProcessError> {
@@ -205,13 +211,14 @@ impl<R: DeserializeOwned> Process<R> {
             }),
             next_child: 1,
         });
+        let context = self.context.get_or_insert_with(Context::default_context);
         let job = Job {
             callable: self.callable,
             args,
             me,
-            executable: self.context.executable(),
+            executable: context.executable(),
         };
-        let launched = start::launch(self.context.start_method(), &job)?;
+        let launched = start::launch(context.start_method(), &job)?;
         let child = Arc::new(ChildShared::new(launched, self.name.clone(), self.daemon));
         registry::register(&child);
         self.state = State::Started(child);

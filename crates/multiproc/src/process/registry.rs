@@ -3,8 +3,8 @@
 //! sure no finished child stays a zombie.
 //!
 //! The reaper is one thread per parent process, started with the first child. While there are
-//! children it wakes every [`REAP_TICK`], asks an epoll set holding every child's pidfd (the
-//! channel, for forkserver children) which have ended, and collects their status; with no
+//! children it wakes every [`REAP_TICK`], asks an epoll set holding every child's pidfd
+//! which have ended, and collects their status; with no
 //! children it sleeps until one is registered. So a child that is never joined stops being
 //! a zombie within a tick. It deliberately does not wake at each exit: the joiner is usually
 //! waiting for that exit, and an extra thread waking at the same moment costs the joiner a

@@ -3,8 +3,9 @@
 //! # Safety
 //!
 //! This file opts in to `unsafe` for its one call of [`sys::fork`]. What the child may do
-//! before it runs user code: every multiproc lock is taken before the fork and released
-//! after it in both processes, so the child finds multiproc's state consistent; the child
+//! before it runs user code: every multiproc lock, and the locks of standard output and
+//! error, are taken before the fork and released after it in both processes, so the child
+//! finds them consistent; the child
 //! then forgets the parent's children and connections and becomes the new process. Locks
 //! held by *other* threads of the parent (the user's, or the allocator's in a libc without
 //! fork handlers) are the classic hazard of forking a multi-threaded process; that is why
@@ -26,7 +27,11 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     // The child neutralizes the parent's descriptors with it; opening it here saves the
     // child an `open` and the faults that come with it.
     let _ = sys::dev_null();
-    // Lock order: identity, registry, channel to parent, forkserver client.
+    // Lock order: standard output and error (a fork child flushes them before it exits, and
+    // must not find them held by a thread it does not have), then identity, registry,
+    // channel to parent, forkserver client.
+    let stdout = std::io::stdout().lock();
+    let stderr = std::io::stderr().lock();
     let mut identity = tree::lock();
     let mut reg = registry::lock();
     let mut to_parent = bootstrap::lock_to_parent();
@@ -44,13 +49,13 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
             *to_parent = None;
             // Forgotten, not freed: see `registry::after_fork_in_child`.
             std::mem::forget(identity.replace(me));
-            drop((identity, reg, to_parent, client));
+            drop((identity, reg, to_parent, client, stdout, stderr));
             drop(parent_end);
             let daemon = job.me.daemon;
             bootstrap::run_child(job.callable, job.args, child_end, daemon)
         }
         Ok(Forked::Parent(pid)) => {
-            drop((identity, reg, to_parent, client));
+            drop((identity, reg, to_parent, client, stdout, stderr));
             drop(child_end);
             let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
             parent_end
