@@ -148,7 +148,9 @@ pub(crate) fn after_fork_in_child(reg: &mut Registry) {
     // Forgotten rather than freed: freeing writes to the allocator's pages, and every page
     // written after a fork is a copy-on-write fault. The child is about to run its target
     // and exit; the parent's copies are its to free.
-    std::mem::forget(std::mem::take(&mut reg.children));
+    if !reg.children.is_empty() {
+        std::mem::forget(std::mem::take(&mut reg.children));
+    }
     if let Some((epoll, _)) = reg.reaper.take() {
         sys::neutralize_fd(epoll.raw_fd());
         // The reaper thread did not survive the fork; its clone keeps the epoll from being

@@ -98,8 +98,13 @@ pub(crate) fn lock_client() -> MutexGuard<'static, Client> {
 /// In a fork child: the connection and the server's channel belong to the parent. The
 /// address stays: the child may use the same server.
 pub(crate) fn after_fork_in_child(client: &mut Client) {
-    client.conn = None;
-    client.started = None;
+    // Written only when there is something to drop: see `registry::after_fork_in_child`.
+    if client.conn.is_some() {
+        client.conn = None;
+    }
+    if client.started.is_some() {
+        client.started = None;
+    }
 }
 
 /// In a spawned child: the server the parent uses.
