@@ -1,0 +1,594 @@
+//! Runs every example in `examples/` (one per seed scenario, ../shared/SCENARIOS.md) and
+//! checks what it prints, and what it leaves behind: files, exit codes, processes.
+//!
+//! The examples are separate binaries in `target/<profile>/examples/`; the first test to need
+//! one builds them with cargo (see [`example`]), so `cargo test --test examples` and `cargo
+//! nextest run` work on their own. Every run has a deadline, so a hanging example fails its
+//! test rather than hanging it.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+/// How long one example may run.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long building the examples may take.
+const BUILD_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long a process may take to disappear after its end was caused.
+const END_LIMIT: Duration = Duration::from_secs(5);
+
+/// The built example binary `name`.
+///
+/// Tests run from `target/<profile>/deps/`, and cargo puts examples in
+/// `target/<profile>/examples/`. A plain `cargo test` builds them, but `cargo test --test
+/// examples` and `cargo nextest run --test examples` do not, and a binary built earlier may be
+/// stale; so the first call builds them with cargo (a no-op when they are up to date).
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let built = BUILT.get_or_init(|| build_examples(profile_dir));
+    let path = profile_dir.join("examples").join(name);
+    if let Err(why) = built {
+        assert!(
+            path.is_file(),
+            "the example binary {} is missing and could not be built ({why}): build the \
+             examples first with `cargo build -p multiproc --examples`",
+            path.display()
+        );
+        eprintln!("warning: using {} as it is: {why}", path.display());
+    }
+    path
+}
+
+/// Runs `cargo build --examples` for this package, into the target directory and profile
+/// this test was built for.
+fn build_examples(profile_dir: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .ok_or("no profile directory")?;
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--offline",
+        "--examples",
+        "-p",
+        env!("CARGO_PKG_NAME"),
+    ])
+    .arg("--manifest-path")
+    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    // `target/<profile>`, or `target/<triple>/<profile>` when built for an explicit target.
+    let above = profile_dir.parent().ok_or("no target directory")?;
+    if above.join("CACHEDIR.TAG").is_file() {
+        cmd.arg("--target-dir").arg(above);
+    } else {
+        let triple = above.file_name().ok_or("no target triple")?;
+        cmd.arg("--target").arg(triple);
+        cmd.arg("--target-dir")
+            .arg(above.parent().ok_or("no target directory")?);
+    }
+    let run = try_run_command(cmd, "cargo build --examples", BUILD_LIMIT)
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if run.status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build failed: {}", run.stderr.trim()))
+    }
+}
+
+/// What a finished run left.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The first stdout line starting with `prefix`, without the prefix.
+    fn after(&self, prefix: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starts with {prefix:?} in:\n{}", self.stdout))
+    }
+
+    fn assert_success(&self) {
+        assert!(
+            self.status.success(),
+            "the example failed ({}):\n--- stdout\n{}--- stderr\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the returned channel.
+fn collect(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// Waits for `child` up to `deadline`; kills it and panics if it is still running then.
+fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within its deadline and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `cmd` to its end, within [`RUN_LIMIT`]; panics if it cannot start.
+fn run_command(cmd: Command, what: &str) -> Run {
+    try_run_command(cmd, what, RUN_LIMIT).unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+}
+
+/// Runs `cmd` to its end, within `limit` (killed and a panic after it).
+fn try_run_command(cmd: Command, what: &str, limit: Duration) -> std::io::Result<Run> {
+    run_probing(cmd, what, limit, || ()).map(|(run, ())| run)
+}
+
+/// Runs `cmd` to its end, within `limit`, and calls `probe` the moment it has exited (before
+/// waiting for its output pipes, which its own children may still hold).
+fn run_probing<T>(
+    mut cmd: Command,
+    what: &str,
+    limit: Duration,
+    probe: impl FnOnce() -> T,
+) -> std::io::Result<(Run, T)> {
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = collect(child.stdout.take().expect("stdout"));
+    let stderr = collect(child.stderr.take().expect("stderr"));
+    let status = wait_until(&mut child, deadline, what);
+    let elapsed = start.elapsed();
+    let probed = probe();
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(END_LIMIT);
+    let text = |rx: mpsc::Receiver<String>, which: &str| {
+        rx.recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{what}: its {which} never reached end of file"))
+    };
+    let run = Run {
+        status,
+        stdout: text(stdout, "stdout"),
+        stderr: text(stderr, "stderr"),
+        elapsed,
+    };
+    eprintln!(
+        "--- {what} ({:?})\n{}{}",
+        run.elapsed, run.stdout, run.stderr
+    );
+    Ok((run, probed))
+}
+
+fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> Run {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args);
+    run_command(cmd, name)
+}
+
+/// A fresh, empty directory for one test.
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("multiproc-examples-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// The state letter of `pid` in /proc, or `None` once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+/// The parent pid of `pid`, from /proc.
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` has ended: gone from /proc, or a zombie. (An orphan's zombie is reaped by
+/// init, on init's schedule, not the library's.)
+fn has_ended(pid: u32) -> bool {
+    matches!(proc_state(pid), None | Some('Z'))
+}
+
+/// Polls until `pid` has ended, up to [`END_LIMIT`].
+fn ends_in_time(pid: u32) -> bool {
+    let deadline = Instant::now() + END_LIMIT;
+    while !has_ended(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+fn parse<T: std::str::FromStr>(text: &str) -> T {
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {text:?}"))
+}
+
+#[test]
+fn s01_process_basics() {
+    let run = run_example("process_basics", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        "1-2-3\n\
+         p1 exitcode: Some(0)\n\
+         p1 started again: error: cannot start a process twice\n\
+         p2 exitcode: Some(-15)\n\
+         <Process name=\"Process-1\" stopped exitcode=0> <Process name=\"Process-2\" stopped exitcode=-15>\n"
+    );
+}
+
+#[test]
+fn s02_daemon() {
+    let dir = scratch_dir("daemon");
+    let marker = dir.join("non-daemon.marker");
+    let mut cmd = Command::new(example("daemon"));
+    cmd.arg(&marker);
+    // Read the marker the moment the parent has exited: it must be there already.
+    let (run, marker_at_exit) = run_probing(cmd, "daemon", RUN_LIMIT, || {
+        std::fs::read_to_string(&marker).ok()
+    })
+    .expect("run the daemon example");
+    run.assert_success();
+
+    assert_eq!(run.after("child exited with "), "Some(0)");
+    let grandchild = run.after("daemon grandchild ");
+    let (pid, verdict) = grandchild.split_once(' ').expect("pid and verdict");
+    assert_eq!(verdict, "ended with its parent: true");
+    assert!(
+        has_ended(parse(pid)),
+        "the daemon grandchild {pid} still runs"
+    );
+
+    assert_eq!(
+        run.after("set_daemon after start: "),
+        "error: process has already started"
+    );
+
+    // The parent's main returned before the non-daemon child wrote its marker, and the
+    // parent's exit waited for it.
+    assert!(
+        run.stdout
+            .contains("main returns without joining it; marker exists now: false")
+    );
+    let worker: u32 = parse(
+        run.after("non-daemon child ")
+            .split_once(' ')
+            .expect("pid")
+            .0,
+    );
+    let written = marker_at_exit.expect("the marker exists when the parent has exited");
+    assert_eq!(written, format!("written by {worker}\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `daemon kill-parent <method>`, SIGKILLs that parent once its daemon runs, and
+/// checks that the daemon (and under forkserver the fork server) ends too.
+fn daemon_ends_when_its_parent_is_killed(method: &str) {
+    let mut parent = Command::new(example("daemon"))
+        .args(["kill-parent", method])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run the daemon example");
+    let (tx, lines) = mpsc::channel();
+    let stdout = parent.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + RUN_LIMIT;
+    let daemon: u32 = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(pid) = line.strip_prefix("daemon pid: ") {
+                    break parse(pid);
+                }
+            }
+            Err(_) => {
+                let _ = parent.kill();
+                let _ = parent.wait();
+                panic!("{method}: the example never printed the daemon's pid");
+            }
+        }
+    };
+    if daemon == parent.id() || has_ended(daemon) {
+        let _ = parent.kill();
+        let _ = parent.wait();
+        panic!("{method}: the daemon {daemon} is not a running child");
+    }
+    // Under forkserver the daemon's OS parent is the fork server: it must not linger either.
+    let server = proc_ppid(daemon).filter(|&p| p != parent.id());
+    eprintln!(
+        "{method}: parent {}, daemon {daemon}, fork server {server:?}",
+        parent.id()
+    );
+
+    parent.kill().expect("SIGKILL the parent");
+    let status = wait_until(&mut parent, Instant::now() + END_LIMIT, "the killed parent");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    for (pid, what) in [(Some(daemon), "daemon"), (server, "fork server")] {
+        let Some(pid) = pid else { continue };
+        if !ends_in_time(pid) {
+            // Do not leave it behind (it would also hold this test's stderr open).
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{method}: the {what} {pid} outlived its SIGKILLed parent");
+        }
+    }
+}
+
+#[test]
+fn s02_daemon_ends_when_its_parent_is_killed_forkserver() {
+    daemon_ends_when_its_parent_is_killed("forkserver");
+}
+
+#[test]
+fn s02_daemon_ends_when_its_parent_is_killed_spawn() {
+    daemon_ends_when_its_parent_is_killed("spawn");
+}
+
+#[test]
+fn s02_daemon_ends_when_its_parent_is_killed_fork() {
+    daemon_ends_when_its_parent_is_killed("fork");
+}
+
+/// One child line of `start_methods`: `<method>: <parent> -> <child> child VmRSS <kB> kB`.
+fn rss_line(run: &Run, method: &str) -> (u32, u32, u64) {
+    let line = run.after(&format!("{method}: "));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [parent, "->", child, "child", "VmRSS", kb, "kB"] => {
+            (parse(parent), parse(child), parse(kb))
+        }
+        _ => panic!("unexpected line for {method}: {line:?}"),
+    }
+}
+
+#[test]
+fn s20_start_methods() {
+    let run = run_example("start_methods", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.after("set_start_method a second time: "),
+        "error: context has already been set"
+    );
+
+    let (fork_parent, fork_child, fork_rss) = rss_line(&run, "fork");
+    let (spawn_parent, spawn_child, spawn_rss) = rss_line(&run, "spawn");
+    let (fs_parent, fs_child, fs_rss) = rss_line(&run, "forkserver");
+    assert_eq!(fork_parent, spawn_parent);
+    assert_eq!(fork_parent, fs_parent);
+    let pids: HashSet<u32> = [fork_parent, fork_child, spawn_child, fs_child].into();
+    assert_eq!(pids.len(), 4, "every child has its own pid: {pids:?}");
+
+    // The parent holds 200 MB; the fork child maps all of it, the others none of it.
+    const MARGIN_KB: u64 = 100 * 1024;
+    assert!(
+        fork_rss > 150 * 1024,
+        "the fork child should be large: {fork_rss} kB"
+    );
+    assert!(
+        fork_rss > spawn_rss + MARGIN_KB,
+        "fork {fork_rss} kB vs spawn {spawn_rss} kB"
+    );
+    assert!(
+        fork_rss > fs_rss + MARGIN_KB,
+        "fork {fork_rss} kB vs forkserver {fs_rss} kB"
+    );
+}
+
+/// A cgroup v2 CPU quota on this machine, which lowers `cpu_count` below the affinity mask.
+fn cgroup_cpu_quota() -> bool {
+    std::fs::read_to_string("/sys/fs/cgroup/cpu.max").is_ok_and(|s| !s.starts_with("max"))
+}
+
+#[test]
+fn s21_cpu_count() {
+    let run = run_example("cpu_count", &[]);
+    run.assert_success();
+    let n: usize = parse(run.after("cpu_count: "));
+    let mask: usize = parse(run.after("CPUs in the affinity mask: "));
+    assert!(n >= 1);
+    if cgroup_cpu_quota() {
+        assert!(n <= mask, "cpu_count {n} above the affinity mask {mask}");
+    } else {
+        assert_eq!(n, mask);
+        assert_eq!(run.after("cpu_count equals the affinity mask: "), "true");
+    }
+
+    let has_taskset = Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_taskset {
+        eprintln!(
+            "skipped: `taskset` is not installed, so cpu_count under a one-CPU affinity is not checked"
+        );
+        return;
+    }
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg("0").arg(example("cpu_count"));
+    let pinned = run_command(cmd, "taskset -c 0 cpu_count");
+    pinned.assert_success();
+    assert_eq!(pinned.after("cpu_count: "), "1");
+    assert_eq!(pinned.after("CPUs in the affinity mask: "), "1");
+}
+
+#[test]
+fn s22_zombies() {
+    let run = run_example("zombies", &[]);
+    run.assert_success();
+    let mut pids = HashSet::new();
+    for method in ["fork", "spawn", "forkserver"] {
+        let line = run.after(&format!("{method}: child "));
+        let (pid, verdict) = line.split_once(' ').expect("pid and verdict");
+        assert_eq!(
+            verdict, "ended, never joined: gone from /proc (no zombie)",
+            "{method}"
+        );
+        assert!(pids.insert(parse::<u32>(pid)));
+    }
+    // The contrast: a std child that nobody waits for stays a zombie.
+    let plain = run.after("std::process::Command child ");
+    assert!(plain.ends_with("never waited: a zombie (Z)"), "{plain}");
+}
+
+#[test]
+fn s23_spawn_globals() {
+    let run = run_example("spawn_globals", &[]);
+    run.assert_success();
+    let list = r#"["func0: 0", "func1: 1", "func0: 2", "func1: 3", "func0: 4", "func1: 5", "func0: 6", "func1: 7", "func0: 8", "func1: 9"]"#;
+    let expected = [
+        r#"plugin loaded in the parent: Some(["func0", "func1"])"#.to_owned(),
+        "spawn, global: error: the plugin registry is None in this child".to_owned(),
+        "forkserver, global: error: the plugin registry is None in this child".to_owned(),
+        format!("fork, global: {list}"),
+        format!("spawn, argument: {list}"),
+        format!("forkserver, argument: {list}"),
+        "fork child added a plugin: the child has 3".to_owned(),
+        "the parent still has 2: a fork child's change stays in the child".to_owned(),
+    ];
+    assert_eq!(run.lines(), expected);
+}
+
+#[test]
+fn s26_capture_stdout() {
+    let dir = scratch_dir("capture_stdout");
+    let run = run_example("capture_stdout", &[dir.as_os_str()]);
+    run.assert_success();
+    let main_pid: u32 = parse(run.after("main process id: "));
+
+    let mut greetings = Vec::new();
+    let mut pids = HashSet::new();
+    for entry in std::fs::read_dir(&dir).expect("read the output dir") {
+        let path = entry.expect("dir entry").path();
+        assert_eq!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("out"),
+            "{}",
+            path.display()
+        );
+        let pid: u32 = parse(path.file_stem().and_then(|s| s.to_str()).expect("a pid"));
+        let text = std::fs::read_to_string(&path).expect("read an output file");
+        let lines: Vec<&str> = text.lines().collect();
+        let [title, module, name, parent, own, hello] = lines.as_slice() else {
+            panic!("unexpected content of {}:\n{text}", path.display());
+        };
+        assert_eq!(*title, "function f");
+        assert_eq!(*module, "module name: capture_stdout");
+        assert!(name.starts_with("process name: Process-"), "{name}");
+        assert_eq!(*parent, format!("parent process: {main_pid}"));
+        assert_eq!(
+            *own,
+            format!("process id: {pid}"),
+            "the file is named after its writer"
+        );
+        assert_ne!(pid, main_pid);
+        assert!(pids.insert(pid));
+        greetings.push(hello.to_string());
+        // The example also prints each file it collected.
+        assert!(
+            run.stdout.contains(&text),
+            "the example did not print {}",
+            path.display()
+        );
+    }
+    greetings.sort();
+    assert_eq!(greetings, ["hello bob", "hello fred"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn s40_spawn_without_init() {
+    let run = run_example("spawn_without_init", &[]);
+    run.assert_success();
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
+    let started = run
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("main started"))
+        .count();
+    assert_eq!(started, 1, "main ran more than once:\n{}", run.stdout);
+    for method in ["spawn", "forkserver"] {
+        let error = run.after(&format!("{method}: start() failed: "));
+        assert!(
+            error.contains("#[multiproc::main]"),
+            "{method}: the error does not name the fix: {error}"
+        );
+        assert!(error.contains("multiproc::init()"), "{method}: {error}");
+    }
+    assert_eq!(run.after("fork: needs no hook: "), "Ok(42)");
+    assert!(run.stderr.is_empty(), "unexpected stderr: {}", run.stderr);
+}
