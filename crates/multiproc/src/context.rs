@@ -53,7 +53,8 @@ impl StartMethod {
 
 impl fmt::Display for StartMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        // `pad` honours width and alignment (`{:<10}`).
+        f.pad(self.name())
     }
 }
 

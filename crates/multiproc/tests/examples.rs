@@ -592,3 +592,50 @@ fn s40_spawn_without_init() {
     assert_eq!(run.after("fork: needs no hook: "), "Ok(42)");
     assert!(run.stderr.is_empty(), "unexpected stderr: {}", run.stderr);
 }
+
+#[test]
+fn tour_main_job() {
+    // A smaller job than the README's run: the test binaries are not optimised.
+    let run = run_example("tour", &["200000".as_ref()]);
+    run.assert_success();
+    let lines: Vec<&str> = run.stdout.lines().map(str::trim).collect();
+    // pi(200,000) = 17,984, whichever way the work was started.
+    for method in ["fork", "spawn", "forkserver"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(method) && l.contains(" 17984 primes in ")),
+            "{method}: {}",
+            run.stdout
+        );
+    }
+    for expected in [
+        "the process was killed by signal 6 (SIGABRT)",
+        "exitcode Some(-6); the parent carries on",
+        "still running after 200 ms: kill",
+        "exitcode Some(-9)",
+        "exitcode Some(1)",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "missing {expected:?} in:\n{}",
+            run.stdout
+        );
+    }
+    let panic_line = lines
+        .iter()
+        .find(|l| l.starts_with("the process panicked at "))
+        .unwrap_or_else(|| panic!("no panic report in:\n{}", run.stdout));
+    assert!(panic_line.contains("examples/tour.rs:"), "{panic_line}");
+    assert!(
+        panic_line.ends_with(": the divisor must not be zero"),
+        "{panic_line}"
+    );
+    // The child's own report on stderr, CPython style.
+    assert!(run.stderr.contains("Process Process-"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the divisor must not be zero"),
+        "{}",
+        run.stderr
+    );
+}

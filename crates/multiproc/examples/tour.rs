@@ -1,0 +1,101 @@
+//! The main job: multiproc at work, in one run.
+//!
+//! 1. CPU-bound work (counting primes below 2,000,000, or the first argument) split over
+//!    `cpu_count()` processes, with each start method; the counts come back as typed values
+//!    and add up to the same total.
+//! 2. A child that crashes in native code (abort) is contained: the parent learns the signal
+//!    and carries on.
+//! 3. A runaway child is stopped by a timeout: `join_timeout`, then `kill`.
+//! 4. A panic comes back with its message and where it happened.
+
+use std::time::{Duration, Instant};
+
+use multiproc::{ChildError, Context, Process, ProcessError, StartMethod};
+
+/// Counts the primes in `[lo, hi)` by trial division: honest CPU work.
+fn count_primes((lo, hi): (u64, u64)) -> u64 {
+    (lo.max(2)..hi)
+        .filter(|&n| (2..).take_while(|d| d * d <= n).all(|d| n % d != 0))
+        .count() as u64
+}
+
+/// Stands for a native library that crashes the process.
+fn crash_in_native_code(_: ()) {
+    std::process::abort();
+}
+
+/// Stands for work that never finishes.
+fn runaway(_: ()) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn divide((a, b): (u32, u32)) -> u32 {
+    a.checked_div(b).expect("the divisor must not be zero")
+}
+
+/// Splits `[0, limit)` over `workers` processes made with `method`, and adds up their counts.
+fn primes_with(method: StartMethod, workers: u64, limit: u64) -> Result<u64, ProcessError> {
+    let ctx = Context::new(method);
+    let step = limit.div_ceil(workers);
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let range = (i * step, ((i + 1) * step).min(limit));
+        let mut p = ctx.process(count_primes, range);
+        p.start()?;
+        procs.push(p);
+    }
+    procs.iter_mut().map(|p| p.join_result()).sum()
+}
+
+#[multiproc::main]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The first argument, if any, is where counting stops.
+    let limit = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let workers = multiproc::cpu_count() as u64;
+    println!("1. primes below {limit}, split over {workers} processes:");
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
+        let t = Instant::now();
+        let total = primes_with(method, workers, limit)?;
+        println!(
+            "   {method:<10} {total} primes in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    println!("2. a crash in native code stays in its process:");
+    let mut p = Process::new(crash_in_native_code, ());
+    p.start()?;
+    match p.join_result() {
+        Err(ProcessError::Child(e @ ChildError::Killed { .. })) => println!("   {e}"),
+        other => println!("   unexpected: {other:?}"),
+    }
+    println!("   exitcode {:?}; the parent carries on", p.exitcode()?);
+
+    println!("3. a runaway child is stopped by a timeout:");
+    let mut p = Process::new(runaway, ()).name("runaway");
+    p.start()?;
+    if !p.join_timeout(Duration::from_millis(200))? {
+        println!("   still running after 200 ms: kill");
+        p.kill()?;
+        p.join()?;
+    }
+    println!("   exitcode {:?}", p.exitcode()?);
+
+    println!("4. a panic comes back with its message and location:");
+    let mut p = Process::new(divide, (1, 0));
+    p.start()?;
+    if let Err(e) = p.join_result() {
+        println!("   {e}");
+    }
+    println!("   exitcode {:?}", p.exitcode()?);
+    Ok(())
+}
