@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bootstrap::{Outcome, Report};
@@ -43,6 +44,8 @@ struct State {
 
 /// One started child, as its parent sees it.
 pub(crate) struct ChildShared {
+    /// Unique in this process for its whole life (pids and descriptor numbers get reused).
+    pub(crate) id: u64,
     pub(crate) pid: Pid,
     pub(crate) name: String,
     pub(crate) daemon: bool,
@@ -54,7 +57,9 @@ pub(crate) struct ChildShared {
 
 impl ChildShared {
     pub(crate) fn new(launched: Launched, name: String, daemon: bool) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: launched.pid,
             name,
             daemon,
@@ -146,37 +151,37 @@ impl ChildShared {
                 }
             },
             Reaper::Forkserver => {
-                // The server reaps the child and then reports; once the child is gone, the
-                // report is moments away: wait for it, so that the child is never seen dead
-                // without its status.
-                if st.exit.is_none()
-                    && sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO)).unwrap_or(false)
-                {
-                    let deadline = Instant::now() + FORKSERVER_REPORT_WAIT;
-                    while st.exit.is_none() && !st.reader.at_eof() {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero()
-                            || !sys::wait_readable(self.channel.as_fd(), Some(left))
-                                .unwrap_or(false)
-                        {
-                            break;
-                        }
-                        self.drain(&mut st);
-                    }
-                }
-                if st.exit.is_none()
-                    && (st.reader.at_eof()
-                        || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO))
-                            .unwrap_or(false))
-                {
-                    st.status_lost.get_or_insert_with(|| {
-                        "the forkserver went away before reporting it".to_owned()
-                    });
-                    st.exit = Some(RawExit::Code(255));
+                // Decided once: is the child gone? (Its own end of the channel closes with
+                // it, so end of file means gone too.)
+                let gone = st.reader.at_eof()
+                    || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO))
+                        .unwrap_or(false);
+                if gone {
+                    self.await_forkserver_report(&mut st);
                 }
             }
         }
         st.exit
+    }
+
+    /// The child is gone: the server reaps it and then reports, so the report is moments
+    /// away. Waits for it (bounded), so the child is never seen dead without its status.
+    fn await_forkserver_report(&self, st: &mut State) {
+        let deadline = Instant::now() + FORKSERVER_REPORT_WAIT;
+        while st.exit.is_none() && !st.reader.at_eof() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || !sys::wait_readable(self.channel.as_fd(), Some(left)).unwrap_or(false)
+            {
+                break;
+            }
+            self.drain(st);
+        }
+        if st.exit.is_none() {
+            st.status_lost
+                .get_or_insert_with(|| "the forkserver went away before reporting it".to_owned());
+            st.exit = Some(RawExit::Code(255));
+        }
     }
 
     /// Waits for the child to end; `None` on timeout.

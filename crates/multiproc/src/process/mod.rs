@@ -76,7 +76,7 @@ impl<R> fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Created => "initial".to_owned(),
-            State::Started(c) => match c.poll_exit() {
+            State::Started(c) => match ended(c) {
                 None => format!("started pid={}", c.pid.as_raw_nonzero()),
                 Some(e) => format!("stopped exitcode={}", exitcode(e)),
             },
@@ -244,7 +244,7 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// 'can only join a started process'; 'process object is closed'; an OS error.
     pub fn join(&self) -> Result<(), ProcessError> {
-        self.started("join")?.wait_exit(None)?;
+        wait_ended(self.started("join")?, None)?;
         Ok(())
     }
 
@@ -255,7 +255,7 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// As [`join`](Self::join).
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
-        Ok(self.started("join")?.wait_exit(Some(timeout))?.is_some())
+        Ok(wait_ended(self.started("join")?, Some(timeout))?.is_some())
     }
 
     /// Waits until the child ends and returns the value its target returned.
@@ -271,7 +271,7 @@ impl<R: DeserializeOwned> Process<R> {
             return Err(ProcessError::ResultTaken);
         }
         let child = self.started("join")?.clone();
-        let exit = child.wait_exit(None)?.unwrap_or(RawExit::Code(255));
+        let exit = wait_ended(&child, None)?.unwrap_or(RawExit::Code(255));
         self.result_taken = true;
         let (outcome, lost) = child.take_outcome();
         match outcome {
@@ -297,7 +297,7 @@ impl<R: DeserializeOwned> Process<R> {
     pub fn is_alive(&self) -> Result<bool, ProcessError> {
         match &self.state {
             State::Created => Ok(false),
-            State::Started(c) => Ok(c.poll_exit().is_none()),
+            State::Started(c) => Ok(ended(c).is_none()),
             State::Closed => Err(ProcessError::Closed),
         }
     }
@@ -311,7 +311,7 @@ impl<R: DeserializeOwned> Process<R> {
     pub fn exitcode(&self) -> Result<Option<i32>, ProcessError> {
         match &self.state {
             State::Created => Ok(None),
-            State::Started(c) => Ok(c.poll_exit().map(exitcode)),
+            State::Started(c) => Ok(ended(c).map(exitcode)),
             State::Closed => Err(ProcessError::Closed),
         }
     }
@@ -352,13 +352,31 @@ impl<R: DeserializeOwned> Process<R> {
     /// 'Cannot close a process while it is still running...' if it runs.
     pub fn close(&mut self) -> Result<(), ProcessError> {
         if let State::Started(c) = &self.state {
-            if c.poll_exit().is_none() {
+            if ended(c).is_none() {
                 return Err(ProcessError::CloseRunning);
             }
         }
         self.state = State::Closed;
         Ok(())
     }
+}
+
+/// `poll_exit`, forgetting the child in the registry once it has ended.
+fn ended(child: &ChildShared) -> Option<RawExit> {
+    let exit = child.poll_exit();
+    if exit.is_some() {
+        registry::forget(child);
+    }
+    exit
+}
+
+/// `wait_exit`, forgetting the child in the registry once it has ended.
+fn wait_ended(child: &ChildShared, timeout: Option<Duration>) -> std::io::Result<Option<RawExit>> {
+    let exit = child.wait_exit(timeout)?;
+    if exit.is_some() {
+        registry::forget(child);
+    }
+    Ok(exit)
 }
 
 /// A running child of this process, as [`active_children`] lists it.
@@ -391,7 +409,7 @@ impl ChildProcess {
     }
     /// Whether it still runs.
     pub fn is_alive(&self) -> bool {
-        self.shared.poll_exit().is_none()
+        ended(&self.shared).is_none()
     }
     /// Sends SIGTERM.
     ///
@@ -415,7 +433,7 @@ impl ChildProcess {
     ///
     /// An OS error while waiting.
     pub fn join_timeout(&self, timeout: Duration) -> std::io::Result<Option<i32>> {
-        Ok(self.shared.wait_exit(Some(timeout))?.map(exitcode))
+        Ok(wait_ended(&self.shared, Some(timeout))?.map(exitcode))
     }
 }
 

@@ -21,7 +21,6 @@ use crate::sys::{self, Epoll, Pid, Sig};
 
 pub(crate) struct Registry {
     children: BTreeMap<u64, Arc<ChildShared>>,
-    next_key: u64,
     reaper: Option<(Arc<Epoll>, Thread)>,
     /// The pid the `atexit` rule was registered for (a fork child inherits the registration).
     owner: Option<Pid>,
@@ -29,7 +28,6 @@ pub(crate) struct Registry {
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: BTreeMap::new(),
-    next_key: 0,
     reaper: None,
     owner: None,
 });
@@ -51,8 +49,7 @@ pub(crate) fn register(child: &Arc<ChildShared>) {
         }
         reg.owner = Some(me);
     }
-    let key = reg.next_key;
-    reg.next_key += 1;
+    let key = child.id;
     if reg.reaper.is_none() {
         reg.reaper = start_reaper();
     }
@@ -91,6 +88,18 @@ fn reaper_loop(epoll: &Epoll) {
                 epoll.remove(child.exit_fd());
                 lock().children.remove(&key);
             }
+        }
+    }
+}
+
+/// Forgets a child whose end has been seen (CPython's `join` does the same): its
+/// descriptors close as soon as the last handle goes, and fork children have nothing of it to
+/// neutralize.
+pub(crate) fn forget(child: &ChildShared) {
+    let mut reg = lock();
+    if reg.children.remove(&child.id).is_some() {
+        if let Some((epoll, _)) = &reg.reaper {
+            epoll.remove(child.exit_fd());
         }
     }
 }

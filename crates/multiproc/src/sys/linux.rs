@@ -331,15 +331,24 @@ impl Epoll {
 
     /// The keys of the members that are ready now.
     pub(crate) fn ready_now(&self) -> io::Result<Vec<u64>> {
-        let mut events = Vec::with_capacity(64);
+        const BATCH: usize = 64;
+        let mut events = Vec::with_capacity(BATCH);
+        let mut keys = Vec::new();
         let zero = timespec(Duration::ZERO);
         loop {
+            events.clear();
             match rustix::event::epoll::wait(
                 &self.fd,
                 rustix::buffer::spare_capacity(&mut events),
                 Some(&zero),
             ) {
-                Ok(_) => return Ok(events.iter().map(|e| e.data.u64()).collect()),
+                Ok(_) => {
+                    keys.extend(events.iter().map(|e| e.data.u64()));
+                    // A full batch: there may be more.
+                    if events.len() < BATCH {
+                        return Ok(keys);
+                    }
+                }
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
