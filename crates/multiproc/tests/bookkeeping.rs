@@ -6,7 +6,9 @@ use multiproc::{Context, StartMethod};
 fn nothing(_: ()) {}
 
 fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 /// Starts and joins `n` children with `method`; every one must exit 0.
@@ -14,9 +16,15 @@ fn start_join(method: StartMethod, n: usize) {
     let ctx = Context::new(method);
     for i in 0..n {
         let mut p = ctx.process(nothing, ());
-        p.start().unwrap_or_else(|e| panic!("{method}: start {i}: {e}"));
-        p.join().unwrap_or_else(|e| panic!("{method}: join {i}: {e}"));
-        assert_eq!(p.exitcode().expect("exitcode"), Some(0), "{method}: child {i}");
+        p.start()
+            .unwrap_or_else(|e| panic!("{method}: start {i}: {e}"));
+        p.join()
+            .unwrap_or_else(|e| panic!("{method}: join {i}: {e}"));
+        assert_eq!(
+            p.exitcode().expect("exitcode"),
+            Some(0),
+            "{method}: child {i}"
+        );
     }
 }
 
@@ -29,7 +37,10 @@ fn joined_children_leave_no_descriptors_behind() {
         start_join(method, 2000);
         let after = open_descriptors();
         // Other tests of this binary may hold a few at this moment; 2000 leaked would show.
-        assert!(after <= before + 16, "{method}: {before} descriptors open before, {after} after");
+        assert!(
+            after <= before + 16,
+            "{method}: {before} descriptors open before, {after} after"
+        );
     }
 }
 

@@ -1,0 +1,43 @@
+"""The CPython side of the benchmarks: the repetition loop and the output format.
+
+Every script parses its arguments with `parser()`, then hands one repetition to `run()`.
+The runner appends `--reps N --budget-ms M [--no-warmup]`; `run()` follows the very same
+rule as the Rust side (`Reps` in bench/src/workload.rs): one untimed warm-up unless
+`--no-warmup`, then at most N timed repetitions, stopping early once there are 5 and M
+milliseconds have passed. It prints the seconds of each repetition as a JSON list on the
+last line of standard output.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+MIN_REPS = 5
+
+
+def parser(description):
+    """An argument parser that already knows the runner's arguments."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--budget-ms", type=int, default=3000)
+    p.add_argument("--no-warmup", action="store_true")
+    return p
+
+
+def run(args, one_rep):
+    """Times `one_rep()` as the runner asked and prints the timings."""
+    if not args.no_warmup:
+        one_rep()
+    min_reps = min(MIN_REPS, args.reps)
+    budget = args.budget_ms / 1000.0
+    times = []
+    start = time.perf_counter()
+    while len(times) < args.reps and (
+        len(times) < min_reps or time.perf_counter() - start < budget
+    ):
+        t0 = time.perf_counter()
+        one_rep()
+        times.append(time.perf_counter() - t0)
+    sys.stdout.write(json.dumps(times) + "\n")
+    sys.stdout.flush()

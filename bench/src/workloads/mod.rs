@@ -1,0 +1,13 @@
+//! Every workload, one module each. To add one, write a module with a `cases()` function
+//! and list it in [`all`] (see `bench/README.md`).
+
+mod start_join;
+
+use crate::workload::Case;
+
+/// All cases, in the order the table shows them.
+pub(crate) fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+    cases.extend(start_join::cases());
+    cases
+}

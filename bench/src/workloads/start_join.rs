@@ -1,0 +1,109 @@
+//! Process start + join: a child that does nothing, started and joined, for each start
+//! method (issue 2).
+//!
+//! - multiproc: `ctx.process(noop, ())`, `start()`, `join()`; the exit code is checked after
+//!   the clock stops.
+//! - CPython: `ctx.Process(target=noop)`, `start()`, `join()` (`python/start_join.py`).
+//! - Floor: `fork` + `_exit` + `waitpid` for fork; `fork` + `execve` of this binary, which
+//!   exits at the top of `main`, + `waitpid` for spawn and forkserver.
+//!
+//! Every cell warms up with one untimed start, so a forkserver is already running when the
+//! clock starts; starting it is the row "forkserver first start (server startup)", timed as
+//! the first start+join of a fresh process, once per process.
+
+use crate::floor;
+use crate::workload::{Case, CellFn, Floor, LATENCY_CPUS, Python, Reps};
+
+/// The child's target.
+fn noop(_: ()) {}
+
+/// Starts and joins a child that does nothing, once per repetition, with `method`, and
+/// checks that it exited with 0 (as the CPython script does).
+fn start_join(method: &str, reps: &Reps) -> Result<Vec<f64>, String> {
+    let ctx = multiproc::get_context(method).map_err(|e| e.to_string())?;
+    reps.time(|| {
+        let mut p = ctx.process(noop, ());
+        p.start().map_err(|e| e.to_string())?;
+        p.join().map_err(|e| e.to_string())?;
+        match p.exitcode() {
+            Ok(Some(0)) => Ok(()),
+            other => Err(format!("the child did not exit with 0: {other:?}")),
+        }
+    })
+}
+
+fn lib_fork(reps: &Reps) -> Result<Vec<f64>, String> {
+    start_join("fork", reps)
+}
+
+fn lib_spawn(reps: &Reps) -> Result<Vec<f64>, String> {
+    start_join("spawn", reps)
+}
+
+fn lib_forkserver(reps: &Reps) -> Result<Vec<f64>, String> {
+    start_join("forkserver", reps)
+}
+
+fn floor_fork(reps: &Reps) -> Result<Vec<f64>, String> {
+    reps.time(|| floor::fork_exit_wait().map_err(|e| e.to_string()))
+}
+
+fn floor_exec(reps: &Reps) -> Result<Vec<f64>, String> {
+    let exec = floor::ExecFloor::new().map_err(|e| e.to_string())?;
+    reps.time(|| exec.run().map_err(|e| e.to_string()))
+}
+
+/// The floor of the fork start method.
+static FORK_FLOOR: Floor = Floor {
+    name: "fork+_exit+waitpid",
+    run: floor_fork,
+};
+
+/// The floor of the spawn and forkserver start methods: a child that runs the program.
+static EXEC_FLOOR: Floor = Floor {
+    name: "fork+execve+waitpid",
+    run: floor_exec,
+};
+
+/// A row of this workload: CPython runs `start_join.py METHOD`.
+fn case(
+    name: &'static str,
+    lib: CellFn,
+    method: &'static [&'static str],
+    floor: &'static Floor,
+) -> Case {
+    Case {
+        name,
+        lib,
+        python: Some(Python {
+            script: "start_join.py",
+            args: method,
+        }),
+        floor: Some(floor),
+        cpus: LATENCY_CPUS,
+        fresh_process: false,
+    }
+}
+
+/// The rows of this workload.
+pub(crate) fn cases() -> Vec<Case> {
+    vec![
+        case("start+join fork", lib_fork, &["fork"], &FORK_FLOOR),
+        case("start+join spawn", lib_spawn, &["spawn"], &EXEC_FLOOR),
+        case(
+            "start+join forkserver",
+            lib_forkserver,
+            &["forkserver"],
+            &EXEC_FLOOR,
+        ),
+        Case {
+            fresh_process: true,
+            ..case(
+                "forkserver first start (server startup)",
+                lib_forkserver,
+                &["forkserver"],
+                &EXEC_FLOOR,
+            )
+        },
+    ]
+}
