@@ -41,6 +41,9 @@ pub enum ProcessError {
     /// The child ended without giving back a value (see [`ChildError`]).
     #[error(transparent)]
     Child(#[from] ChildError),
+    /// The process did not end within the time given.
+    #[error("the process did not end within {0:?}")]
+    Timeout(std::time::Duration),
     /// The value of the process was already taken by an earlier `join_result`.
     #[error("the result of this process was already taken")]
     ResultTaken,

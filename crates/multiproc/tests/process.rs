@@ -1143,3 +1143,26 @@ fn default_name_is_process_n() {
         );
     });
 }
+
+/// `join_result_timeout`: a timeout while the child runs leaves the value to a later call.
+#[multiproc::test]
+fn join_result_timeout_then_the_value() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let mut p = sleeper(ctx);
+        let t = Instant::now();
+        match p.join_result_timeout(Duration::from_millis(50)) {
+            Err(ProcessError::Timeout(d)) => assert_eq!(d, Duration::from_millis(50), "{m}"),
+            other => panic!("{m}: expected a timeout, got {other:?}"),
+        }
+        assert!(t.elapsed() < LONG, "{m}: the timeout was not honoured");
+        p.kill().unwrap();
+        // The child ended: the next call gives how (killed), not a timeout.
+        match p.join_result_timeout(LONG) {
+            Err(ProcessError::Child(ChildError::Killed { signal: 9 })) => {}
+            other => panic!("{m}: expected the kill, got {other:?}"),
+        }
+        let mut q = start(ctx.process(echo::<u32>, 7));
+        assert_eq!(q.join_result_timeout(LONG).unwrap(), 7, "{m}");
+    });
+}

@@ -267,11 +267,46 @@ impl<R: DeserializeOwned> Process<R> {
     /// target; 'the result of this process was already taken' on a second call; and the
     /// errors of [`join`](Self::join).
     pub fn join_result(&mut self) -> Result<R, ProcessError> {
+        self.join_result_within(None)
+    }
+
+    /// Like [`join_result`](Self::join_result), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Timeout`] if the child still runs after `timeout` (the value can be
+    /// taken by a later call); otherwise as [`join_result`](Self::join_result).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Process, ProcessError, StartMethod};
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+    /// let mut p = Process::new(nap, 60_000);
+    /// p.start()?;
+    /// assert!(matches!(p.join_result_timeout(Duration::from_millis(10)), Err(ProcessError::Timeout(_))));
+    /// p.kill()?;
+    /// # Ok::<(), ProcessError>(())
+    /// ```
+    pub fn join_result_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
+        self.join_result_within(Some(timeout))
+    }
+
+    fn join_result_within(&mut self, timeout: Option<Duration>) -> Result<R, ProcessError> {
         if self.result_taken {
             return Err(ProcessError::ResultTaken);
         }
         let child = self.started("join")?.clone();
-        let exit = wait_ended(&child, None)?.unwrap_or(RawExit::Code(255));
+        let Some(exit) = wait_ended(&child, timeout)? else {
+            return Err(ProcessError::Timeout(timeout.unwrap_or_default()));
+        };
         self.result_taken = true;
         let (outcome, lost) = child.take_outcome();
         match outcome {
