@@ -74,3 +74,34 @@ fn a_missing_executable_is_an_error_at_start() {
     // Nothing was started, and join says so.
     assert!(matches!(p.join(), Err(ProcessError::NotStarted("join"))));
 }
+
+/// An `#[ignore]`d test run on purpose (`--ignored`) can be the entry its children start in.
+#[multiproc::test]
+#[ignore = "run by ignored_entry_test_runs_children, with --ignored"]
+fn an_ignored_entry_test() {
+    let mut p = Context::new(StartMethod::Spawn).process(answer, ());
+    p.start().expect("start");
+    assert_eq!(p.join_result().expect("result"), 42);
+}
+
+#[test]
+fn ignored_entry_test_runs_children() {
+    // Runs only the ignored test, in a fresh process of this binary, so it is the first
+    // (and only) test entry there.
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            "an_ignored_entry_test",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}

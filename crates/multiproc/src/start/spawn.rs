@@ -17,12 +17,20 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     spawn_with(job.executable.unwrap_or(sys::self_exe()), ins)
 }
 
-/// The libtest arguments that make a test binary run one test and print nothing of its own.
+/// The libtest arguments that make a test binary run one test and print nothing of its own
+/// (`--include-ignored`: the entry may be an `#[ignore]`d test run with `--ignored`).
 fn test_args(entry: &str) -> Vec<OsString> {
-    ["--exact", entry, "--nocapture", "--test-threads=1", "-q"]
-        .iter()
-        .map(OsString::from)
-        .collect()
+    [
+        "--exact",
+        entry,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect()
 }
 
 /// Starts `exe` as a child that will carry out `ins` (also used to start the forkserver).
