@@ -52,6 +52,19 @@ enum State {
 /// # Ok::<(), multiproc::ProcessError>(())
 /// ```
 ///
+/// # Dropping
+///
+/// Dropping a `Process` neither waits for the child nor kills it. A running child keeps
+/// running and stays in [`active_children`]; when it ends, a background thread reaps it
+/// within 50 ms (no zombie); when the program ends normally, daemonic children are
+/// terminated and the others joined, as in CPython. A daemonic child also ends when this
+/// process dies in any other way, even by SIGKILL.
+///
+/// # Daemons may have children
+///
+/// Unlike CPython, a daemonic process may start children (nested pools need it). Its
+/// daemonic children end with it; non-daemonic ones outlive it, as they would any parent.
+///
 /// A type that cannot cross a process boundary is refused when the program is compiled:
 ///
 /// ```compile_fail
