@@ -93,6 +93,9 @@ pub(crate) enum Report {
     Exit(sys::RawExit),
     /// From a new forkserver: where it listens.
     ForkserverReady(ServerAddr),
+    /// A report too large for the socket: this many bytes of it, encoded, are in the memfd
+    /// attached. So a child never blocks on a full socket, whatever it reports.
+    Spilled(u64),
 }
 
 /// How the target ended, as the child itself reports it.
@@ -100,8 +103,6 @@ pub(crate) enum Report {
 pub(crate) enum Outcome {
     /// The encoded value the target returned.
     Returned(Vec<u8>),
-    /// The same, in the memfd attached to the frame.
-    ReturnedInFd(u64),
     Panicked {
         message: String,
         location: Option<String>,
@@ -213,11 +214,7 @@ pub(crate) fn ensure_not_pending_child() {
         let msg = "the child reached multiproc before its start-up hook ran: call multiproc::init() \
                    as the very first line of main (or use #[multiproc::main])";
         eprintln!("multiproc: {msg}");
-        send_report(
-            &channel,
-            &Report::Outcome(Outcome::Failed(msg.to_owned())),
-            &[],
-        );
+        send_report(&channel, &Report::Outcome(Outcome::Failed(msg.to_owned())));
         let _ = std::io::stderr().flush();
         sys::exit_now(1);
     }
@@ -235,19 +232,51 @@ pub(crate) fn lock_to_parent() -> std::sync::MutexGuard<'static, Option<UnixStre
     TO_PARENT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn send_report(
-    channel: &UnixStream,
-    report: &Report,
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) {
-    if let Ok(bytes) = codec::encode(report) {
-        let _ = sys::send_frame(channel.as_fd(), &bytes, fds, None);
+/// Sends a report to the parent. One larger than [`INLINE_PAYLOAD_MAX`] goes in a memfd, so
+/// the frame on the socket is always small and the send never waits for the parent to read.
+pub(crate) fn send_report(channel: &UnixStream, report: &Report) {
+    let Ok(bytes) = codec::encode(report) else {
+        return;
+    };
+    if bytes.len() <= INLINE_PAYLOAD_MAX {
+        let _ = sys::send_frame(channel.as_fd(), &bytes, &[], None);
+        return;
+    }
+    let spilled = sys::memfd_with(&bytes).and_then(|fd| {
+        let frame =
+            codec::encode(&Report::Spilled(bytes.len() as u64)).map_err(std::io::Error::other)?;
+        sys::send_frame(channel.as_fd(), &frame, &[fd.as_fd()], None)
+    });
+    if let Err(e) = spilled {
+        let msg = format!("the child's report could not be passed back: {e}");
+        if let Ok(small) = codec::encode(&Report::Outcome(Outcome::Failed(msg))) {
+            let _ = sys::send_frame(channel.as_fd(), &small, &[], None);
+        }
+    }
+}
+
+/// Reads a report received from a child, following a spilled one into its memfd.
+pub(crate) fn read_report(frame: sys::Frame) -> Result<Report, String> {
+    match codec::decode::<Report>(&frame.bytes).map_err(|e| e.to_string())? {
+        Report::Spilled(len) => {
+            let fd = frame
+                .fds
+                .into_iter()
+                .next()
+                .ok_or("a spilled report without its memfd")?;
+            let bytes = sys::read_memfd(fd, len).map_err(|e| e.to_string())?;
+            match codec::decode::<Report>(&bytes).map_err(|e| e.to_string())? {
+                Report::Spilled(_) => Err("a spilled report inside a spilled report".to_owned()),
+                report => Ok(report),
+            }
+        }
+        report => Ok(report),
     }
 }
 
 fn fail(channel: &UnixStream, msg: String) -> ! {
     eprintln!("multiproc: {msg}");
-    send_report(channel, &Report::Outcome(Outcome::Failed(msg)), &[]);
+    send_report(channel, &Report::Outcome(Outcome::Failed(msg)));
     let _ = std::io::stderr().flush();
     sys::exit_now(1)
 }
@@ -341,7 +370,7 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
     let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args)));
     let code = match result {
         Ok(Ok(bytes)) => {
-            report_result(bytes);
+            report(Report::Outcome(Outcome::Returned(bytes)));
             0
         }
         Ok(Err(e)) => {
@@ -366,24 +395,7 @@ pub(crate) fn exit_child(code: i32) -> ! {
 
 fn report(r: Report) {
     if let Some(channel) = lock_to_parent().as_ref() {
-        send_report(channel, &r, &[]);
-    }
-}
-
-fn report_result(bytes: Vec<u8>) {
-    if bytes.len() <= INLINE_PAYLOAD_MAX {
-        return report(Report::Outcome(Outcome::Returned(bytes)));
-    }
-    match sys::memfd_with(&bytes) {
-        Ok(fd) => {
-            if let Some(channel) = lock_to_parent().as_ref() {
-                let r = Report::Outcome(Outcome::ReturnedInFd(bytes.len() as u64));
-                send_report(channel, &r, &[fd.as_fd()]);
-            }
-        }
-        Err(e) => report(Report::Outcome(Outcome::Failed(format!(
-            "cannot pass the result back: {e}"
-        )))),
+        send_report(channel, &r);
     }
 }
 

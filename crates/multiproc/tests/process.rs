@@ -1166,3 +1166,29 @@ fn join_result_timeout_then_the_value() {
         assert_eq!(q.join_result_timeout(LONG).unwrap(), 7, "{m}");
     });
 }
+
+/// Sends this child's standard error to /dev/null, then panics with a message far larger than
+/// a socket's buffer.
+fn panic_with_a_huge_message(len: usize) {
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    rustix::stdio::dup2_stderr(&null).expect("dup2");
+    panic!("{}", "x".repeat(len));
+}
+
+/// A report larger than the channel can hold must neither block the child nor the parent.
+#[multiproc::test]
+fn a_huge_panic_message_comes_back_whole() {
+    const LEN: usize = 1 << 20;
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let mut p = start(ctx.process(panic_with_a_huge_message, LEN));
+        match p.join_result_timeout(LONG) {
+            Err(ProcessError::Child(ChildError::Panicked { message, location })) => {
+                assert_eq!(message.len(), LEN, "{m}");
+                assert!(location.is_some(), "{m}");
+            }
+            other => panic!("{m}: expected the panic, got {:?}", other.map(|()| ())),
+        }
+        assert_eq!(p.exitcode().unwrap(), Some(1), "{m}");
+    });
+}

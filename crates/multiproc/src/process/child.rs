@@ -10,8 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::bootstrap::{Outcome, Report};
-use crate::codec;
+use crate::bootstrap::{self, Outcome, Report};
 use crate::sys::{self, FrameReader, Pid, RawExit, Sig};
 
 /// How long a parent waits for the forkserver's report once the child is gone.
@@ -98,17 +97,7 @@ impl ChildShared {
         }
         loop {
             match st.reader.next_frame() {
-                Ok(Some(frame)) => match codec::decode::<Report>(&frame.bytes) {
-                    Ok(Report::Outcome(Outcome::ReturnedInFd(len))) => {
-                        let outcome = match frame.fds.into_iter().next() {
-                            Some(fd) => match sys::read_memfd(fd, len) {
-                                Ok(bytes) => Outcome::Returned(bytes),
-                                Err(e) => Outcome::Failed(format!("cannot read the result: {e}")),
-                            },
-                            None => Outcome::Failed("the result file is missing".to_owned()),
-                        };
-                        st.outcome = Some(outcome);
-                    }
+                Ok(Some(frame)) => match bootstrap::read_report(frame) {
                     Ok(Report::Outcome(o)) => {
                         // A panic report comes from the hook and wins over anything later.
                         if !matches!(st.outcome, Some(Outcome::Panicked { .. })) {
@@ -116,7 +105,11 @@ impl ChildShared {
                         }
                     }
                     Ok(Report::Exit(e)) => st.exit = Some(e),
-                    Ok(Report::ForkserverReady(_)) | Err(_) => {}
+                    Ok(Report::ForkserverReady(_) | Report::Spilled(_)) => {}
+                    Err(e) => {
+                        st.outcome
+                            .get_or_insert(Outcome::Failed(format!("unreadable report: {e}")));
+                    }
                 },
                 Ok(None) => break,
                 Err(e) => {

@@ -328,7 +328,7 @@ impl<R: DeserializeOwned> Process<R> {
                 Err(ChildError::Panicked { message, location }.into())
             }
             Some(Outcome::Failed(msg)) => Err(ChildError::Failed(msg).into()),
-            Some(Outcome::ReturnedInFd(_)) | None => Err(match (exit, lost) {
+            None => Err(match (exit, lost) {
                 (_, Some(why)) => ChildError::StatusLost(why),
                 (RawExit::Signal(signal), None) => ChildError::Killed { signal },
                 (RawExit::Code(code), None) => ChildError::Exited(code),

@@ -373,15 +373,11 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             Err(e) => {
                 let msg = format!("the forkserver cannot listen: {e}");
                 let report = Report::Outcome(bootstrap::Outcome::Failed(msg));
-                bootstrap::send_report(&channel, &report, &[]);
+                bootstrap::send_report(&channel, &report);
                 sys::exit_now(1)
             }
         };
-    bootstrap::send_report(
-        &channel,
-        &Report::ForkserverReady(ServerAddr { name, pid }),
-        &[],
-    );
+    bootstrap::send_report(&channel, &Report::ForkserverReady(ServerAddr { name, pid }));
     let mut conns: Vec<Conn> = Vec::new();
     let mut kids: Vec<Kid> = Vec::new();
     loop {
