@@ -1187,7 +1187,7 @@ fn a_huge_panic_message_comes_back_whole() {
                 assert_eq!(message.len(), LEN, "{m}");
                 assert!(location.is_some(), "{m}");
             }
-            other => panic!("{m}: expected the panic, got {:?}", other.map(|()| ())),
+            other => panic!("{m}: expected the panic, got {other:?}"),
         }
         assert_eq!(p.exitcode().unwrap(), Some(1), "{m}");
     });
