@@ -30,6 +30,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,11 @@ fn set_hook(mode: HookMode) {
     if hook.is_none() {
         *hook = Some(mode);
     }
+}
+
+/// Locks the hook mode (held across `fork`).
+pub(crate) fn lock_hook() -> std::sync::MutexGuard<'static, Option<HookMode>> {
+    HOOK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The hook this process called.
@@ -366,7 +372,8 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
         watch_parent(&channel);
     }
     *lock_to_parent() = Some(channel);
-    install_panic_hook();
+    ensure_panic_hook();
+    IS_TARGET_THREAD.with(|t| t.set(true));
     let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args)));
     let code = match result {
         Ok(Ok(bytes)) => {
@@ -379,8 +386,24 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
             report(Report::Outcome(Outcome::Failed(e.to_string())));
             1
         }
-        // The panic hook has printed and reported it.
-        Err(_) => 1,
+        Err(payload) => {
+            // Our hook printed and reported it, unless the program replaced the hook after
+            // multiproc installed it: then say what the payload says.
+            if !PANIC_REPORTED.load(Ordering::Relaxed) {
+                let message = panic_message(payload.as_ref());
+                let name = tree::with(|me| me.name.clone());
+                eprintln!(
+                    "Process {name}:
+panicked:
+{message}"
+                );
+                report(Report::Outcome(Outcome::Panicked {
+                    message,
+                    location: None,
+                }));
+            }
+            1
+        }
     };
     exit_child(code)
 }
@@ -403,34 +426,51 @@ thread_local! {
     static IS_TARGET_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// On the target's thread a panic prints `Process <name>:` and the message with its location,
-/// and is reported to the parent from inside the hook, so it is known even under
-/// `panic = "abort"`. Panics on other threads of the child keep the default report.
-fn install_panic_hook() {
-    IS_TARGET_THREAD.with(|t| t.set(true));
-    let default = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        if !IS_TARGET_THREAD.with(|t| t.get()) {
-            return default(info);
-        }
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        let name = tree::with(|me| me.name.clone());
-        let at = location
-            .as_deref()
-            .map(|l| format!(" at {l}"))
-            .unwrap_or_default();
-        eprintln!("Process {name}:\npanicked{at}:\n{message}");
-        report(Report::Outcome(Outcome::Panicked { message, location }));
-    }));
+/// Set once the hook has reported the target's panic.
+static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Installs multiproc's panic hook, once per process: a parent installs it before it forks
+/// (so a fork child never takes std's hook lock, which another thread of the parent may have
+/// held at the fork), a spawned child when it starts. On a target's thread a panic prints
+/// `Process <name>:` and the message with its location, and is reported to the parent from
+/// inside the hook, so it is known even under `panic = "abort"`. On every other thread the
+/// hook that was there before runs instead: in a parent, multiproc's hook is invisible.
+pub(crate) fn ensure_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| on_panic(info, &previous)));
+    });
+}
+
+type PanicHook = Box<dyn Fn(&panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+fn on_panic(info: &panic::PanicHookInfo<'_>, previous: &PanicHook) {
+    if !IS_TARGET_THREAD.with(|t| t.get()) {
+        return previous(info);
+    }
+    let message = panic_message(info.payload());
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+    let name = tree::with(|me| me.name.clone());
+    let at = location
+        .as_deref()
+        .map(|l| format!(" at {l}"))
+        .unwrap_or_default();
+    eprintln!("Process {name}:\npanicked{at}:\n{message}");
+    report(Report::Outcome(Outcome::Panicked { message, location }));
+    PANIC_REPORTED.store(true, Ordering::Relaxed);
 }
 
 /// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread

@@ -180,6 +180,13 @@ pub(crate) fn build_identity() -> &'static [u8] {
     })
 }
 
+/// Computes what this file computes once per process, so that a fork child never waits on a
+/// one-time initialisation another thread of its parent had under way at the fork.
+pub(crate) fn prepare_for_fork() {
+    let _ = build_identity();
+    let _ = exe_image();
+}
+
 /// Renders an identity for error messages.
 pub(crate) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()

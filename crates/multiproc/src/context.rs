@@ -81,7 +81,8 @@ pub const DEFAULT_START_METHOD: StartMethod = StartMethod::Forkserver;
 
 static CHOSEN: Mutex<Option<StartMethod>> = Mutex::new(None);
 
-fn chosen() -> std::sync::MutexGuard<'static, Option<StartMethod>> {
+/// Locks the chosen start method (held across `fork`).
+pub(crate) fn chosen() -> std::sync::MutexGuard<'static, Option<StartMethod>> {
     CHOSEN.lock().unwrap_or_else(|e| e.into_inner())
 }
 

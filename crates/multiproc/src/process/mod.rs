@@ -231,9 +231,7 @@ impl<R: DeserializeOwned> Process<R> {
             me,
             executable: context.executable(),
         };
-        let launched = start::launch(context.start_method(), &job)?;
-        let child = Arc::new(ChildShared::new(launched, self.name.clone(), self.daemon));
-        registry::register(&child);
+        let child = start::launch(context.start_method(), &job)?;
         self.state = State::Started(child);
         Ok(())
     }

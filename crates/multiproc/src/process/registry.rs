@@ -12,7 +12,7 @@
 //! collects a status once, under a lock.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -31,6 +31,22 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     reaper: None,
     owner: None,
 });
+
+/// Held for reading by a spawn or forkserver launch from the moment it makes the new child's
+/// channel until the child is registered, and for writing by a fork launch around the fork.
+/// So no fork ever happens while a channel end exists that the fork child would not know to
+/// neutralize (a copy of it there could keep a daemon alive after its parent's death).
+static LAUNCHES: RwLock<()> = RwLock::new(());
+
+/// See [`LAUNCHES`]: for a spawn or forkserver launch.
+pub(crate) fn launch_window() -> RwLockReadGuard<'static, ()> {
+    LAUNCHES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// See [`LAUNCHES`]: for a fork launch.
+pub(crate) fn fork_window() -> RwLockWriteGuard<'static, ()> {
+    LAUNCHES.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Locks the registry (held across `fork`).
 pub(crate) fn lock() -> MutexGuard<'static, Registry> {

@@ -12,16 +12,19 @@
 //! `fork` is never the default start method.
 #![allow(unsafe_code)]
 
-use std::os::fd::AsRawFd;
-
-use crate::bootstrap;
 use crate::error::ProcessError;
-use crate::process::child::{Launched, Reaper};
+use crate::process::child::{ChildShared, Launched, Reaper};
 use crate::process::{registry, tree};
-use crate::start::{Job, forkserver};
+use crate::start::{self, Job, forkserver};
 use crate::sys::{self, Forked};
+use std::sync::Arc;
 
-pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
+use crate::{bootstrap, callable, context};
+
+pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
+    // No other launch has a channel end out of the registry while this window is held, and
+    // this one registers its child before letting go (see `registry::fork_window`).
+    let window = registry::fork_window();
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     let me = job.me.clone();
     // The child neutralizes the parent's descriptors with it; opening it here saves the
@@ -29,13 +32,19 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let _ = sys::dev_null();
     // Lock order: standard output and error (a fork child flushes them before it exits, and
     // must not find them held by a thread it does not have), then identity, registry,
-    // channel to parent, forkserver client.
+    // channel to parent, forkserver client, hook mode, chosen start method.
+    // One-time initialisations are done here, not in the child: another thread could have
+    // one under way at the moment of the fork, and the child would wait for it forever.
+    bootstrap::ensure_panic_hook();
+    callable::prepare_for_fork();
     let stdout = std::io::stdout().lock();
     let stderr = std::io::stderr().lock();
     let mut identity = tree::lock();
     let mut reg = registry::lock();
     let mut to_parent = bootstrap::lock_to_parent();
     let mut client = forkserver::lock_client();
+    let hook = bootstrap::lock_hook();
+    let chosen = context::chosen();
     // SAFETY:
     // - `fork` requires that the child touch no lock another thread might hold; the child
     //   below only uses the four multiproc locks held right here (consistent, then released),
@@ -49,25 +58,36 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
             *to_parent = None;
             // Forgotten, not freed: see `registry::after_fork_in_child`.
             std::mem::forget(identity.replace(me));
-            drop((identity, reg, to_parent, client, stdout, stderr));
+            drop((
+                identity, reg, to_parent, client, hook, chosen, stdout, stderr, window,
+            ));
             drop(parent_end);
             let daemon = job.me.daemon;
             bootstrap::run_child(job.callable, job.args, child_end, daemon)
         }
         Ok(Forked::Parent(pid)) => {
-            drop((identity, reg, to_parent, client, stdout, stderr));
+            drop((
+                identity, reg, to_parent, client, hook, chosen, stdout, stderr,
+            ));
             drop(child_end);
-            let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
-            parent_end
-                .set_nonblocking(true)
-                .map_err(ProcessError::Launch)?;
-            debug_assert!(parent_end.as_raw_fd() >= 0);
-            Ok(Launched {
+            let pidfd = match sys::pidfd_open(pid) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    // Without a pidfd the child cannot be watched: end it rather than leave
+                    // it running unknown to anyone.
+                    sys::kill_and_reap(pid);
+                    return Err(ProcessError::Launch(e));
+                }
+            };
+            let launched = Launched {
                 pid,
                 pidfd,
                 channel: parent_end,
                 reaper: Reaper::Us,
-            })
+            };
+            let child = start::register(launched, job);
+            drop(window);
+            Ok(child)
         }
         Err(e) => Err(ProcessError::Launch(e)),
     }

@@ -37,7 +37,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::bootstrap::{self, Bootstrap, Report, Task};
+use crate::bootstrap::{self, Bootstrap, HookMode, Report, Task};
 use crate::callable::{self, hex};
 use crate::codec;
 use crate::error::ProcessError;
@@ -120,28 +120,43 @@ pub(crate) fn current_addr() -> Option<ServerAddr> {
     lock_client().addr.clone()
 }
 
-/// Starts the forkserver now if it does not run yet.
-pub(crate) fn ensure_running() -> Result<(), ProcessError> {
-    let mut c = lock_client();
-    ensure_started(&mut c)
+/// What starting or reaching the server needs from this process's identity, read before the
+/// client lock is taken (the fork path takes the identity lock first, then the client's).
+struct Seed {
+    hook: HookMode,
+    /// Who the server will be; its authkey is the program's.
+    server: Me,
 }
 
-fn ensure_started(c: &mut Client) -> Result<(), ProcessError> {
+impl Seed {
+    fn now() -> Result<Self, ProcessError> {
+        let hook = start::require_hook()?;
+        let server = tree::with(|me| Me {
+            name: "ForkServer".to_owned(),
+            identity: Vec::new(),
+            daemon: true,
+            authkey: me.authkey,
+            parent: Some(ParentInfo {
+                name: me.name.clone(),
+                pid: sys::getpid().as_raw_nonzero().get(),
+            }),
+            next_child: 1,
+        });
+        Ok(Self { hook, server })
+    }
+}
+
+/// Starts the forkserver now if it does not run yet.
+pub(crate) fn ensure_running() -> Result<(), ProcessError> {
+    let seed = Seed::now()?;
+    ensure_started(&mut lock_client(), &seed)
+}
+
+fn ensure_started(c: &mut Client, seed: &Seed) -> Result<(), ProcessError> {
     if c.addr.is_some() {
         return Ok(());
     }
-    let hook = start::require_hook()?;
-    let me = tree::with(|me| Me {
-        name: "ForkServer".to_owned(),
-        identity: Vec::new(),
-        daemon: true,
-        authkey: me.authkey,
-        parent: Some(ParentInfo {
-            name: me.name.clone(),
-            pid: sys::getpid().as_raw_nonzero().get(),
-        }),
-        next_child: 1,
-    });
+    let (hook, me) = (seed.hook.clone(), seed.server.clone());
     let boot = Bootstrap {
         build_id: callable::build_identity().to_vec(),
         me,
@@ -231,16 +246,19 @@ fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameRe
 }
 
 /// Asks the server to fork a child that will use `child_end` as its channel.
-fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, OwnedFd), ProcessError> {
-    ensure_started(c)?;
+fn request_fork(
+    c: &mut Client,
+    seed: &Seed,
+    child_end: BorrowedFd<'_>,
+) -> Result<(Pid, OwnedFd), ProcessError> {
+    ensure_started(c, seed)?;
     let me = sys::getpid();
     if c.conn.as_ref().is_none_or(|(pid, _, _)| *pid != me) {
         let addr = c
             .addr
             .clone()
             .ok_or_else(|| launch_error("no forkserver".to_owned()))?;
-        let key = tree::with(|m| m.authkey);
-        let (sock, reader) = connect(&addr, &key).map_err(|e| {
+        let (sock, reader) = connect(&addr, &seed.server.authkey).map_err(|e| {
             launch_error(format!(
                 "cannot reach the forkserver (pid {}): {e}",
                 addr.pid
@@ -280,10 +298,21 @@ fn request_fork(c: &mut Client, child_end: BorrowedFd<'_>) -> Result<(Pid, Owned
 }
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
-    let hook = start::require_hook()?;
+    let seed = Seed::now()?;
     // Started first, so the instructions carry its address for the child's own children.
-    ensure_running()?;
-    let ins = start::instructions_for(job, hook)?;
+    ensure_started(&mut lock_client(), &seed)?;
+    match attempt(job, &seed)? {
+        Some(launched) => Ok(launched),
+        // Our server had died: a new one runs now; try once more, from a fresh channel (the
+        // old end may have reached a child of the dead server).
+        None => attempt(job, &seed)?.ok_or_else(|| launch_error("the forkserver died".to_owned())),
+    }
+}
+
+/// One request to the server. `Ok(None)`: the server this process started had died (it is
+/// forgotten, and a new one started).
+fn attempt(job: &Job<'_>, seed: &Seed) -> Result<Option<Launched>, ProcessError> {
+    let ins = start::instructions_for(job, seed.hook.clone())?;
     let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     parent_end
         .set_nonblocking(true)
@@ -293,14 +322,14 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     let sent_early = start::send_instructions_if_small(&parent_end, &ins)?;
     let (pid, pidfd) = {
         let mut c = lock_client();
-        match request_fork(&mut c, child_end.as_fd()) {
+        match request_fork(&mut c, seed, child_end.as_fd()) {
             Ok(v) => v,
             Err(_) if server_died(&c) => {
-                // Our server died: start a new one and try once more.
                 c.addr = None;
                 c.started = None;
                 c.conn = None;
-                request_fork(&mut c, child_end.as_fd())?
+                ensure_started(&mut c, seed)?;
+                return Ok(None);
             }
             Err(e) => return Err(e),
         }
@@ -309,12 +338,12 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Launched, ProcessError> {
     if !sent_early {
         start::send_instructions(&parent_end, &ins)?;
     }
-    Ok(Launched {
+    Ok(Some(Launched {
         pid,
         pidfd,
         channel: parent_end,
         reaper: Reaper::Forkserver,
-    })
+    }))
 }
 
 /// Whether the server this process started has ended.

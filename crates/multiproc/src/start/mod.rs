@@ -16,13 +16,15 @@ use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::bootstrap::{self, Bootstrap, HookMode, Payload, Task};
 use crate::callable::{self, Callable};
 use crate::codec;
 use crate::context::{self, StartMethod};
 use crate::error::ProcessError;
-use crate::process::child::Launched;
+use crate::process::child::{ChildShared, Launched};
+use crate::process::registry;
 use crate::process::tree::Me;
 use crate::sys;
 
@@ -34,13 +36,31 @@ pub(crate) struct Job<'a> {
     pub(crate) executable: Option<&'a Path>,
 }
 
-/// Starts a child with `method`.
-pub(crate) fn launch(method: StartMethod, job: &Job<'_>) -> Result<Launched, ProcessError> {
+/// Starts a child with `method` and registers it.
+pub(crate) fn launch(method: StartMethod, job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     match method {
+        // Registers the child itself, inside its fork window.
         StartMethod::Fork => fork::launch(job),
-        StartMethod::Spawn => spawn::launch(job),
-        StartMethod::Forkserver => forkserver::launch(job),
+        StartMethod::Spawn | StartMethod::Forkserver => {
+            let _window = registry::launch_window();
+            let launched = match method {
+                StartMethod::Spawn => spawn::launch(job)?,
+                _ => forkserver::launch(job)?,
+            };
+            Ok(register(launched, job))
+        }
     }
+}
+
+/// Records a child that just started.
+pub(crate) fn register(launched: Launched, job: &Job<'_>) -> Arc<ChildShared> {
+    let child = Arc::new(ChildShared::new(
+        launched,
+        job.me.name.clone(),
+        job.me.daemon,
+    ));
+    registry::register(&child);
+    child
 }
 
 /// The hook this program called, or the error that says how to add it.

@@ -103,6 +103,13 @@ pub(crate) fn send_signal(pidfd: BorrowedFd<'_>, sig: Sig) -> io::Result<()> {
     }
 }
 
+/// Kills a child of ours by pid and reaps it (used when it cannot be watched by a pidfd; it
+/// has not been reaped, so the pid is still its own).
+pub(crate) fn kill_and_reap(pid: Pid) {
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+}
+
 /// Kills this very process with SIGKILL (used by a daemon whose parent has gone).
 pub(crate) fn kill_self() -> ! {
     let _ = rustix::process::kill_process(getpid(), Signal::KILL);

@@ -1,0 +1,127 @@
+//! Forking a parent that has other threads: the child must not wait on anything those
+//! threads held at the fork, and nothing of a concurrent launch may leak into it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use multiproc::{Context, StartMethod};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn nothing(_: ()) {}
+
+/// Another thread is inside a (slow) panic hook again and again while this one forks: a fork
+/// child that took std's hook lock would wait forever.
+#[multiproc::test]
+fn fork_children_do_not_wait_on_a_panicking_thread() {
+    std::panic::set_hook(Box::new(|_| std::thread::sleep(Duration::from_millis(2))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let panicker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::panic::catch_unwind(|| panic!("caught"));
+            }
+        })
+    };
+    let ctx = Context::new(StartMethod::Fork);
+    for i in 0..100 {
+        let mut p = ctx.process(nothing, ());
+        p.start().expect("start");
+        let ended = p.join_timeout(LONG).expect("join");
+        if !ended {
+            let _ = p.kill();
+        }
+        assert!(ended, "fork child {i} hung");
+        assert_eq!(p.exitcode().expect("exitcode"), Some(0), "fork child {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    panicker.join().expect("panicker");
+    let _ = std::panic::take_hook();
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Runs in a child: one thread starts daemonic forkserver children while another starts
+/// non-daemonic fork children, then it writes their pids to `dir` and waits to be killed.
+fn launch_both_ways(dir: PathBuf) {
+    let daemons = std::thread::spawn(|| {
+        let ctx = Context::new(StartMethod::Forkserver);
+        (0..30)
+            .map(|_| {
+                let mut p = ctx.process(sleep_long, ()).daemon(true);
+                p.start().expect("start daemon");
+                p.pid().expect("pid").expect("started")
+            })
+            .collect::<Vec<u32>>()
+    });
+    let ctx = Context::new(StartMethod::Fork);
+    let forked: Vec<u32> = (0..30)
+        .map(|_| {
+            let mut p = ctx.process(sleep_long, ());
+            p.start().expect("start fork child");
+            p.pid().expect("pid").expect("started")
+        })
+        .collect();
+    let daemons = daemons.join().expect("daemon thread");
+    let list = |pids: &[u32]| pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    std::fs::write(dir.join("forked"), list(&forked)).expect("write");
+    std::fs::write(dir.join("daemons.tmp"), list(&daemons)).expect("write");
+    std::fs::rename(dir.join("daemons.tmp"), dir.join("daemons")).expect("rename");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .expect("pids")
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect()
+}
+
+/// The daemons must end when their parent is killed, although fork children made at the
+/// same time by another thread are still running (and must not hold their channels).
+#[multiproc::test]
+fn daemons_die_with_a_killed_parent_despite_concurrent_forks() {
+    let dir = std::env::temp_dir().join(format!("multiproc-fork-safety-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut parent = Context::new(StartMethod::Fork).process(launch_both_ways, dir.clone());
+    parent.start().expect("start");
+    let deadline = Instant::now() + LONG;
+    while !dir.join("daemons").exists() {
+        assert!(Instant::now() < deadline, "the children were not started in time");
+        assert!(parent.is_alive().expect("is_alive"), "the parent died early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let daemons = read_pids(&dir.join("daemons"));
+    let forked = read_pids(&dir.join("forked"));
+    parent.kill().expect("kill");
+    parent.join_timeout(LONG).expect("join");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let survivors = loop {
+        let survivors: Vec<u32> = daemons.iter().copied().filter(|p| alive(*p)).collect();
+        if survivors.is_empty() || Instant::now() > deadline {
+            break survivors;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let forked_alive = forked.iter().filter(|p| alive(**p)).count();
+    for pid in &forked {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(forked_alive, forked.len(), "the fork children should still have been running");
+    assert!(survivors.is_empty(), "daemons alive 5 s after their parent was killed: {survivors:?}");
+}
