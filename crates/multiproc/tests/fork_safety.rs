@@ -68,7 +68,12 @@ fn launch_both_ways(dir: PathBuf) {
         })
         .collect();
     let daemons = daemons.join().expect("daemon thread");
-    let list = |pids: &[u32]| pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    let list = |pids: &[u32]| {
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     std::fs::write(dir.join("forked"), list(&forked)).expect("write");
     std::fs::write(dir.join("daemons.tmp"), list(&daemons)).expect("write");
     std::fs::rename(dir.join("daemons.tmp"), dir.join("daemons")).expect("rename");
@@ -101,8 +106,14 @@ fn daemons_die_with_a_killed_parent_despite_concurrent_forks() {
     parent.start().expect("start");
     let deadline = Instant::now() + LONG;
     while !dir.join("daemons").exists() {
-        assert!(Instant::now() < deadline, "the children were not started in time");
-        assert!(parent.is_alive().expect("is_alive"), "the parent died early");
+        assert!(
+            Instant::now() < deadline,
+            "the children were not started in time"
+        );
+        assert!(
+            parent.is_alive().expect("is_alive"),
+            "the parent died early"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let daemons = read_pids(&dir.join("daemons"));
@@ -119,9 +130,18 @@ fn daemons_die_with_a_killed_parent_despite_concurrent_forks() {
     };
     let forked_alive = forked.iter().filter(|p| alive(**p)).count();
     for pid in &forked {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(forked_alive, forked.len(), "the fork children should still have been running");
-    assert!(survivors.is_empty(), "daemons alive 5 s after their parent was killed: {survivors:?}");
+    assert_eq!(
+        forked_alive,
+        forked.len(),
+        "the fork children should still have been running"
+    );
+    assert!(
+        survivors.is_empty(),
+        "daemons alive 5 s after their parent was killed: {survivors:?}"
+    );
 }

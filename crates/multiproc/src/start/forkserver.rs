@@ -49,6 +49,12 @@ use crate::sys::{self, Forked, FrameReader, Pid};
 /// How long one step of the connection handshake or a fork request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most connections that may wait to authenticate at once; more are dropped.
+const MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// How long the listener rests after a failed `accept`.
+const ACCEPT_REST: Duration = Duration::from_millis(100);
+
 /// How long the server waits for a new connection to answer its challenge. A client of the
 /// program answers in microseconds.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
@@ -226,9 +232,17 @@ fn auth_failed() -> io::Error {
 }
 
 /// Client side of the mutual handshake.
+///
+/// The peer must be the server's own process (its pid, from the kernel): a process that took
+/// the name of a dead server cannot relay the handshake to a live one.
 fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameReader)> {
-    let sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(&addr.name)?)?;
-    sock.set_nonblocking(true)?;
+    let sock = sys::connect_abstract(&addr.name, STEP_TIMEOUT)?;
+    if sys::peer_pid(sock.as_fd())? != addr.pid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the forkserver's address is held by another process",
+        ));
+    }
     let mut reader = FrameReader::default();
     let challenge = recv(&sock, &mut reader)?.bytes;
     let my_nonce = sys::random_bytes::<32>();
@@ -389,6 +403,9 @@ struct Kid {
 /// handshake is a state per connection with a deadline, and writes have short timeouts.
 pub(crate) fn serve(channel: UnixStream) -> ! {
     sys::ignore_sigint(true);
+    // An ignored SIGCHLD, inherited from the program, would make the kernel reap our
+    // children before we could learn their status.
+    sys::default_sigchld();
     let key = tree::with(|m| m.authkey);
     let pid = sys::getpid().as_raw_nonzero().get();
     let name = format!(
@@ -407,19 +424,34 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             }
         };
     bootstrap::send_report(&channel, &Report::ForkserverReady(ServerAddr { name, pid }));
+    if listener.set_nonblocking(true).is_err() {
+        sys::exit_now(1);
+    }
     let mut conns: Vec<Conn> = Vec::new();
     let mut kids: Vec<Kid> = Vec::new();
+    // After a failed accept (out of descriptors), the listener rests a moment rather than
+    // being polled, readable, in a busy loop.
+    let mut listener_rests_until: Option<Instant> = None;
     loop {
         let now = Instant::now();
         conns.retain(|c| !matches!(c.auth, Auth::Waiting { deadline, .. } if deadline <= now));
+        listener_rests_until = listener_rests_until.filter(|t| *t > now);
         let next_deadline = conns
             .iter()
             .filter_map(|c| match c.auth {
                 Auth::Waiting { deadline, .. } => Some(deadline),
                 Auth::Done => None,
             })
+            .chain(listener_rests_until)
             .min();
-        let mut fds: Vec<BorrowedFd<'_>> = vec![channel.as_fd(), listener.as_fd()];
+        // The listener is left out while resting (a descriptor that is never ready).
+        let listening = listener_rests_until.is_none();
+        let mut fds: Vec<BorrowedFd<'_>> = vec![channel.as_fd()];
+        fds.push(if listening {
+            listener.as_fd()
+        } else {
+            channel.as_fd()
+        });
         fds.extend(conns.iter().map(|c| c.sock.as_fd()));
         fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
         let timeout = next_deadline.map(|d| d.saturating_duration_since(now));
@@ -433,11 +465,17 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             match i {
                 // The process that started us is gone.
                 0 => sys::exit_now(0),
-                1 => {
-                    if let Some(conn) = accept(&listener) {
-                        conns.push(conn);
+                1 if listening => {
+                    let pending = conns
+                        .iter()
+                        .filter(|c| matches!(c.auth, Auth::Waiting { .. }));
+                    match accept(&listener, pending.count()) {
+                        Ok(Some(conn)) => conns.push(conn),
+                        Ok(None) => {}
+                        Err(_) => listener_rests_until = Some(now + ACCEPT_REST),
                     }
                 }
+                1 => {}
                 i if i < 2 + n_conns => {
                     let conn = &mut conns[i - 2];
                     if serve_conn(conn, &key, &mut new_kids).is_err() || conn.reader.at_eof() {
@@ -446,12 +484,18 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
                 }
                 i => {
                     let k = i - 2 - n_conns;
-                    if let Ok(Some(exit)) = sys::reap_nohang(kids[k].pidfd.as_fd()) {
-                        if let Ok(bytes) = codec::encode(&Report::Exit(exit)) {
-                            let ch = kids[k].channel.as_fd();
-                            let _ = sys::send_frame(ch, &bytes, &[], Some(Duration::ZERO));
+                    match sys::reap_nohang(kids[k].pidfd.as_fd()) {
+                        Ok(Some(exit)) => {
+                            if let Ok(bytes) = codec::encode(&Report::Exit(exit)) {
+                                let ch = kids[k].channel.as_fd();
+                                let _ = sys::send_frame(ch, &bytes, &[], Some(Duration::ZERO));
+                            }
+                            done_kids.push(k);
                         }
-                        done_kids.push(k);
+                        Ok(None) => {}
+                        // Not ours to reap after all: forget it (its parent learns the status
+                        // is lost when the channel closes) rather than poll it forever.
+                        Err(_) => done_kids.push(k),
                     }
                 }
             }
@@ -467,19 +511,35 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
 }
 
 /// Accepts a connection and sends it the challenge.
-fn accept(listener: &UnixListener) -> Option<Conn> {
-    let (sock, _) = listener.accept().ok()?;
-    sock.set_nonblocking(true).ok()?;
+///
+/// `Ok(None)` when the connection is dropped at once: another user's process (it could
+/// never hold the authkey, which lives only in this program's processes), or one too many
+/// waiting to authenticate (so a flood of idle connections cannot exhaust the server).
+/// `Err` when `accept` itself failed.
+fn accept(listener: &UnixListener, pending: usize) -> io::Result<Option<Conn>> {
+    let sock = match listener.accept() {
+        Ok((sock, _)) => sock,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if pending >= MAX_PENDING_HANDSHAKES || !sys::peer_is_same_user(sock.as_fd()) {
+        return Ok(None);
+    }
+    if sock.set_nonblocking(true).is_err() {
+        return Ok(None);
+    }
     let nonce = sys::random_bytes::<32>();
-    sys::send_frame(sock.as_fd(), &nonce, &[], Some(Duration::ZERO)).ok()?;
-    Some(Conn {
+    if sys::send_frame(sock.as_fd(), &nonce, &[], Some(Duration::ZERO)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Conn {
         sock,
         reader: FrameReader::with_limit(HANDSHAKE_FRAME_MAX),
         auth: Auth::Waiting {
             nonce,
             deadline: Instant::now() + HANDSHAKE_DEADLINE,
         },
-    })
+    }))
 }
 
 /// Handles what one client has sent: the handshake answer, then fork requests.
@@ -510,14 +570,22 @@ fn serve_conn(conn: &mut Conn, key: &[u8; 32], new_kids: &mut Vec<Kid>) -> io::R
         ) {
             (Ok(Request::Fork), Some(child_end)) => match fork_child(child_end) {
                 Ok((kid, pid)) => {
-                    let pidfd = kid.pidfd.try_clone()?;
+                    let reply = match kid.pidfd.try_clone() {
+                        Ok(pidfd) => (
+                            Reply::Forked {
+                                pid: pid.as_raw_nonzero().get(),
+                            },
+                            Some(pidfd),
+                        ),
+                        Err(e) => {
+                            // The client will not know this child: end it (it is reaped
+                            // like any other).
+                            let _ = sys::send_signal(kid.pidfd.as_fd(), sys::Sig::Kill);
+                            (Reply::Error(e.to_string()), None)
+                        }
+                    };
                     new_kids.push(kid);
-                    (
-                        Reply::Forked {
-                            pid: pid.as_raw_nonzero().get(),
-                        },
-                        Some(pidfd),
-                    )
+                    reply
                 }
                 Err(e) => (Reply::Error(e.to_string()), None),
             },
@@ -548,7 +616,14 @@ fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
             sys::exit_now(1)
         }
         Forked::Parent(pid) => {
-            let pidfd = sys::pidfd_open(pid)?;
+            let pidfd = match sys::pidfd_open(pid) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    // Unwatchable: end it now rather than leave it unreaped.
+                    sys::kill_and_reap(pid);
+                    return Err(e);
+                }
+            };
             Ok((
                 Kid {
                     pidfd,
@@ -639,6 +714,17 @@ mod tests {
         }
         // And it drops the silent one after the handshake deadline.
         assert_closed_by_server(silent);
+    }
+
+    #[multiproc_macros::test]
+    fn a_flood_of_idle_connections_does_not_stop_the_server() {
+        let addr = server_addr();
+        let flood: Vec<UnixStream> = (0..3 * MAX_PENDING_HANDSHAKES)
+            .map(|_| raw_connect(&addr))
+            .collect();
+        assert_eq!(start_one(), 42);
+        drop(flood);
+        assert_eq!(start_one(), 42);
     }
 
     #[multiproc_macros::test]

@@ -6,7 +6,7 @@
 //! that states its preconditions: `fork(2)` ([`fork`]), `_exit(2)` ([`exit_now`]),
 //! `atexit(3)` ([`register_atexit`]), removing a variable from the environment
 //! ([`remove_env_var_at_startup`]), `close_range(2)` ([`close_all_fds_except`]), signal
-//! dispositions ([`ignore_sigint`]), reading the aux vector ([`exe_image`]), taking ownership of an inherited descriptor number
+//! dispositions ([`ignore_sigint`], [`default_sigchld`]), reading the aux vector ([`exe_image`]), taking ownership of an inherited descriptor number
 //! ([`adopt_inherited_socket`], [`neutralize_fd`]) and the `pre_exec` hook of a spawn
 //! ([`SpawnCommand::spawn`]). Everything else goes through `rustix`'s safe wrappers.
 #![allow(unsafe_code)]
@@ -454,7 +454,13 @@ pub(crate) struct Frame {
 #[derive(Default)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    /// Descriptors received, each with the stream range `[start, end)` of the bytes read with
+    /// it. A sender attaches descriptors to a frame's first byte, and the kernel ends a read
+    /// right after the data that carries descriptors, so they belong to the last frame that
+    /// starts in that range.
+    fds: Vec<(u64, u64, OwnedFd)>,
+    /// Stream position of `buf[0]`.
+    consumed: u64,
     eof: bool,
     /// The largest frame accepted; 0 means [`MAX_FRAME`].
     limit: usize,
@@ -504,9 +510,17 @@ impl FrameReader {
         }
         let bytes = self.buf[4..4 + len].to_vec();
         self.buf.drain(..4 + len);
+        let (start, end) = (self.consumed, self.consumed + (4 + len) as u64);
+        self.consumed = end;
+        // Mine: read with bytes among which this frame starts and no later frame does.
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fds)
+            .into_iter()
+            .partition(|(s, e, _)| (*s..*e).contains(&start) && end >= *e);
+        // Descriptors of ranges that ended before this frame's end belong to no frame left.
+        self.fds = rest.into_iter().filter(|(_, e, _)| *e > end).collect();
         Ok(Some(Frame {
             bytes,
-            fds: std::mem::take(&mut self.fds),
+            fds: mine.into_iter().map(|(_, _, fd)| fd).collect(),
         }))
     }
 
@@ -538,9 +552,11 @@ impl FrameReader {
             let mut iov = [IoSliceMut::new(chunk)];
             match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
                 Ok(msg) => {
+                    let start = self.consumed + self.buf.len() as u64;
+                    let end = start + msg.bytes as u64;
                     for m in control.drain() {
                         if let RecvAncillaryMessage::ScmRights(fds) = m {
-                            self.fds.extend(fds);
+                            self.fds.extend(fds.map(|fd| (start, end, fd)));
                         }
                     }
                     if msg.bytes == 0 {
@@ -733,6 +749,59 @@ pub(crate) fn dup_stdout() -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?)
 }
 
+/// Restores the default SIGCHLD disposition (the forkserver must reap its children itself).
+pub(crate) fn default_sigchld() {
+    // SAFETY:
+    // - installing SIG_DFL runs no code of ours in signal context.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+}
+
+/// Whether the peer of a Unix socket runs as this process's user.
+pub(crate) fn peer_is_same_user(sock: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_peercred(sock)
+        .is_ok_and(|cred| cred.uid == rustix::process::getuid())
+}
+
+/// The pid of the process at the other end of a Unix socket (as of `connect`/`listen`).
+pub(crate) fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<i32> {
+    Ok(rustix::net::sockopt::socket_peercred(sock)?
+        .pid
+        .as_raw_nonzero()
+        .get())
+}
+
+/// Connects a non-blocking stream socket to an abstract Unix address, waiting at most
+/// `timeout` while the listener's backlog is full.
+pub(crate) fn connect_abstract(name: &[u8], timeout: Duration) -> io::Result<UnixStream> {
+    let addr = rustix::net::SocketAddrUnix::new_abstract_name(name)?;
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        match rustix::net::connect(&sock, &addr) {
+            Ok(()) => return Ok(UnixStream::from(sock)),
+            // A Unix listener with a full backlog refuses a non-blocking connect at once;
+            // there is nothing to poll, so retry with a growing pause.
+            Err(rustix::io::Errno::AGAIN) if Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the listener is overloaded",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Ignores SIGINT (the forkserver does, as CPython's does: Ctrl-C is for the program).
 pub(crate) fn ignore_sigint(ignore: bool) {
     let handler = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
@@ -849,6 +918,10 @@ fn aux_program_headers() -> Option<usize> {
 }
 
 /// Random bytes from the kernel.
+///
+/// From `getrandom(2)`, or `/dev/urandom` where that fails. Should both fail (a sandbox that
+/// forbids both), the bytes are derived from the clock, the pid and addresses, with a warning
+/// on standard error: never all zeros, but not secret either.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     let mut filled = 0;
@@ -856,14 +929,82 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
         match rustix::rand::getrandom(&mut out[filled..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => filled += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(_) => {
-                // getrandom(2) exists since Linux 3.17; fall back to the device.
-                if let Ok(mut f) = File::open("/dev/urandom") {
-                    let _ = f.read_exact(&mut out[filled..]);
-                }
-                break;
-            }
+            Err(_) => break,
+        }
+    }
+    if filled < N {
+        let from_device =
+            File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut out[filled..]));
+        if from_device.is_err() {
+            weak_random(&mut out);
         }
     }
     out
+}
+
+#[cold]
+fn weak_random(out: &mut [u8]) {
+    use sha2::Digest;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!("multiproc: no source of randomness (getrandom, /dev/urandom); keys are weak");
+    });
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, chunk) in out.chunks_mut(32).enumerate() {
+        let mut h = sha2::Sha256::new();
+        h.update(now.to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(
+            COUNTER
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        h.update((chunk.as_ptr() as usize).to_le_bytes());
+        h.update(i.to_le_bytes());
+        let digest = h.finalize();
+        chunk.copy_from_slice(&digest[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// A descriptor belongs to the frame it was sent with, even when several frames arrive
+    /// in one read.
+    #[test]
+    fn descriptors_stay_with_their_frame() {
+        let (a, b) = channel_pair().expect("pair");
+        let null = File::open("/dev/null").expect("/dev/null");
+        send_frame(a.as_fd(), b"first", &[], None).expect("send");
+        send_frame(a.as_fd(), b"second", &[null.as_fd()], None).expect("send");
+        send_frame(a.as_fd(), b"third", &[], None).expect("send");
+        let mut reader = FrameReader::default();
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            let f = reader
+                .recv_frame(b.as_fd(), Some(Duration::from_secs(5)))
+                .expect("recv");
+            frames.push(f.expect("a frame in time"));
+        }
+        let seen: Vec<(&[u8], usize)> = frames
+            .iter()
+            .map(|f| (f.bytes.as_slice(), f.fds.len()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(&b"first"[..], 0), (&b"second"[..], 1), (&b"third"[..], 0)]
+        );
+    }
+
+    #[test]
+    fn random_bytes_differ() {
+        assert_ne!(random_bytes::<32>(), random_bytes::<32>());
+        assert_ne!(random_bytes::<32>(), [0u8; 32]);
+    }
 }
