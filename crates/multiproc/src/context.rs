@@ -256,5 +256,7 @@ pub fn get_context(method: &str) -> Result<Context, ContextError> {
 ///
 /// As [`Process::start`] for the forkserver method.
 pub fn ensure_forkserver() -> Result<(), ProcessError> {
-    Context::default_context().ensure_forkserver()
+    // Like CPython's `forkserver.ensure_running()`, this does not fix the default method.
+    let method = chosen_start_method().unwrap_or(DEFAULT_START_METHOD);
+    Context::new(method).ensure_forkserver()
 }

@@ -3,13 +3,13 @@
 //! # Safety
 //!
 //! This file opts in to `unsafe` for its one call of [`sys::fork`]. What the child may do
-//! before it runs user code: every multiproc lock, and the locks of standard output and
-//! error, are taken before the fork and released after it in both processes, so the child
-//! finds them consistent; the child
-//! then forgets the parent's children and connections and becomes the new process. Locks
-//! held by *other* threads of the parent (the user's, or the allocator's in a libc without
-//! fork handlers) are the classic hazard of forking a multi-threaded process; that is why
-//! `fork` is never the default start method.
+//! before it runs user code: every lock it may touch (multiproc's, the launch window, and
+//! those of standard output and error) is taken before the fork and released after it in
+//! both processes, and every one-time initialisation it may need is done before the fork,
+//! so the child finds all of them consistent; the child then forgets the parent's children
+//! and connections and becomes the new process. Locks held by *other* threads of the parent
+//! (the user's, or the allocator's in a libc without fork handlers) are the classic hazard of
+//! forking a multi-threaded process; that is why `fork` is never the default start method.
 #![allow(unsafe_code)]
 
 use crate::error::ProcessError;
@@ -46,9 +46,9 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     let hook = bootstrap::lock_hook();
     let chosen = context::chosen();
     // SAFETY:
-    // - `fork` requires that the child touch no lock another thread might hold; the child
-    //   below only uses the four multiproc locks held right here (consistent, then released),
-    //   and after that runs the target like any fork start method does (see the file header).
+    // - `fork` requires that the child touch no lock another thread might hold; before it
+    //   runs the target, the child below only uses the locks held right here (consistent,
+    //   then released) and state initialised above (see the file header).
     let forked = unsafe { sys::fork() };
     match forked {
         Ok(Forked::Child) => {

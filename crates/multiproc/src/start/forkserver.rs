@@ -20,9 +20,11 @@
 //!
 //! # Safety
 //!
-//! This file opts in to `unsafe` for the server's one call of [`sys::fork`]: the server is
-//! single-threaded and runs no user code, so nothing can hold a lock at the fork; the child
-//! closes every descriptor of the server's and never returns into the server's loop.
+//! This file opts in to `unsafe` for the server's one call of [`sys::fork`]: the server runs
+//! one thread of its own and no user code (in a test binary, libtest's main thread also
+//! exists, blocked waiting for the test that became the server), so no lock the child uses
+//! can be held at the fork; the child closes every descriptor of the server's and never
+//! returns into the server's loop.
 #![allow(unsafe_code)]
 
 use std::io;

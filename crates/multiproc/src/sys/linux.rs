@@ -617,7 +617,8 @@ impl FrameReader {
 // ---------------------------------------------------------------------------------------------
 // Anonymous memory files (large results travel in one)
 
-/// Writes `bytes` into a new sealed-size anonymous file and returns it, rewound.
+/// Writes `bytes` into a new anonymous memory file and returns it (its size is checked by
+/// [`read_memfd`] on the other side).
 pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create("multiproc-result", rustix::fs::MemfdFlags::CLOEXEC)?;
     let file = File::from(fd);
