@@ -1,7 +1,7 @@
 //! The `forkserver` start method.
 //!
 //! The first time a process needs it (or at [`ensure_forkserver`](crate::ensure_forkserver)),
-//! the program is spawned once more as the **forkserver**: a single-threaded process with a
+//! the program is spawned once more as the **forkserver**: a process with one thread of its own and a
 //! clean memory image that listens on an abstract Unix socket. To start a child, a client
 //! sends it one end of a fresh socket pair; the server forks, the child takes that end as its
 //! channel and reads its instructions exactly as a spawned child does, and the server answers
@@ -603,7 +603,7 @@ fn serve_conn(conn: &mut Conn, key: &[u8; 32], new_kids: &mut Vec<Kid>) -> io::R
 /// Forks one child. In the child this never returns.
 fn fork_child(child_end: OwnedFd) -> io::Result<(Kid, Pid)> {
     // SAFETY:
-    // - the forkserver is single-threaded (it starts no thread and runs no user code), so no
+    // - the forkserver starts no thread and runs no user code (see the file header), so no
     //   lock can be held by another thread at the fork.
     let forked = unsafe { sys::fork() }?;
     match forked {
