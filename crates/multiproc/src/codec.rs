@@ -8,6 +8,34 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Why a value could not be encoded or decoded.
+///
+/// # Examples
+///
+/// An argument whose `Serialize` fails is refused at `start`, before any child exists:
+///
+/// ```
+/// use multiproc::{Process, ProcessError, StartMethod};
+/// use serde::{Deserialize, Serialize, Serializer};
+///
+/// #[derive(Deserialize)]
+/// struct Refuses;
+///
+/// impl Serialize for Refuses {
+///     fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+///         Err(serde::ser::Error::custom("not today"))
+///     }
+/// }
+///
+/// fn take(_: Refuses) {}
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(take, Refuses);
+/// match p.start() {
+///     Err(ProcessError::Codec(e)) => assert!(e.to_string().contains("not today")),
+///     other => panic!("{other:?}"),
+/// }
+/// assert!(multiproc::active_children().is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{context}: {message}")]
 pub struct CodecError {

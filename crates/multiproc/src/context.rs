@@ -20,6 +20,21 @@ use crate::error::{ContextError, ProcessError};
 use crate::process::Process;
 
 /// How a child process is started.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::StartMethod;
+///
+/// let m: StartMethod = "spawn".parse().unwrap();
+/// assert_eq!(m, StartMethod::Spawn);
+/// assert_eq!(m.name(), "spawn");
+/// assert_eq!(format!("[{:<7}]", StartMethod::Fork), "[fork   ]");
+/// assert_eq!(
+///     "vfork".parse::<StartMethod>().unwrap_err().to_string(),
+///     "cannot find context for \"vfork\""
+/// );
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StartMethod {
     /// `fork(2)`: the child is a copy of the parent (its memory, its globals) and runs the
@@ -201,6 +216,22 @@ impl Context {
 
     /// The program a `spawn` child runs (CPython's `set_executable`). It must be a build of
     /// the same program: a child running a different build refuses to run and says so.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Context, ProcessError, StartMethod};
+    /// # fn main() {
+    /// # multiproc::init();
+    /// fn nothing(_: ()) {}
+    ///
+    /// let mut ctx = Context::new(StartMethod::Spawn);
+    /// ctx.set_executable("/nonexistent/program");
+    /// assert_eq!(ctx.executable(), Some(std::path::Path::new("/nonexistent/program")));
+    /// let mut p = ctx.process(nothing, ());
+    /// assert!(matches!(p.start(), Err(ProcessError::Launch(_))));
+    /// # }
+    /// ```
     pub fn set_executable(&mut self, path: impl Into<PathBuf>) {
         self.executable = Some(Arc::new(path.into()));
     }
@@ -221,6 +252,16 @@ impl Context {
 
     /// Starts this context's forkserver now (a no-op for other methods), so that later starts
     /// do not pay for it and it forks from a clean, early state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[multiproc::main]
+    /// fn main() {
+    ///     let ctx = multiproc::Context::new(multiproc::StartMethod::Forkserver);
+    ///     ctx.ensure_forkserver().expect("the forkserver starts");
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -251,6 +292,16 @@ pub fn get_context(method: &str) -> Result<Context, ContextError> {
 }
 
 /// Starts the forkserver now, if the default context uses it.
+///
+/// # Examples
+///
+/// ```
+/// #[multiproc::main]
+/// fn main() {
+///     multiproc::ensure_forkserver().expect("the forkserver starts");
+///     // Every later start with the default method finds it running.
+/// }
+/// ```
 ///
 /// # Errors
 ///

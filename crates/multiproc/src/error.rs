@@ -5,6 +5,23 @@ use std::io;
 use crate::codec::CodecError;
 
 /// An error from a [`Process`](crate::Process) call.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, ProcessError, StartMethod};
+///
+/// fn nothing(_: ()) {}
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(nothing, ());
+/// assert!(matches!(p.join(), Err(ProcessError::NotStarted("join"))));
+/// p.start()?;
+/// let twice = p.start().unwrap_err();
+/// assert_eq!(twice.to_string(), "cannot start a process twice");
+/// p.join()?;
+/// # Ok::<(), ProcessError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProcessError {
@@ -53,6 +70,24 @@ pub enum ProcessError {
 }
 
 /// How a child ended without returning a value.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{ChildError, Process, ProcessError, StartMethod};
+///
+/// fn quit(code: i32) -> u8 {
+///     std::process::exit(code)
+/// }
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(quit, 3);
+/// p.start()?;
+/// let err = p.join_result().unwrap_err();
+/// assert!(matches!(err, ProcessError::Child(ChildError::Exited(3))));
+/// assert_eq!(err.to_string(), "the process exited with code 3 before returning a value");
+/// # Ok::<(), ProcessError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChildError {
@@ -102,6 +137,15 @@ pub(crate) fn signal_name(sig: i32) -> String {
 }
 
 /// An error choosing a start method.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(
+///     multiproc::get_context("vfork").unwrap_err(),
+///     multiproc::ContextError::Unknown("vfork".to_owned())
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContextError {

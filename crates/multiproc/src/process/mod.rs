@@ -426,6 +426,29 @@ fn wait_ended(child: &ChildShared, timeout: Option<Duration>) -> std::io::Result
 }
 
 /// A running child of this process, as [`active_children`] lists it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Process, StartMethod};
+///
+/// fn nap(ms: u64) {
+///     std::thread::sleep(Duration::from_millis(ms));
+/// }
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(nap, 60_000).name("napper");
+/// p.start()?;
+/// let children = multiproc::active_children();
+/// let child = children.iter().find(|c| c.name() == "napper").expect("listed");
+/// assert_eq!(Some(child.pid()), p.pid()?);
+/// assert!(child.is_alive());
+/// child.kill()?;
+/// assert_eq!(child.join_timeout(Duration::from_secs(10))?, Some(-9));
+/// assert!(multiproc::active_children().is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct ChildProcess {
     shared: Arc<ChildShared>,

@@ -77,6 +77,28 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
 }
 
 /// A snapshot of the current process, as [`current_process`] returns it.
+///
+/// # Examples
+///
+/// In a child, the name and identity are its own and the authkey is the program's:
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+///
+/// fn who(_: ()) -> (String, Vec<u32>, [u8; 32]) {
+///     let me = multiproc::current_process();
+///     (me.name().to_owned(), me.identity().to_vec(), *me.authkey())
+/// }
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(who, ()).name("worker");
+/// p.start()?;
+/// let (name, identity, key) = p.join_result()?;
+/// assert_eq!(name, "worker");
+/// assert_eq!(identity.len(), 1);
+/// assert_eq!(&key, multiproc::current_process().authkey());
+/// # Ok::<(), multiproc::ProcessError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CurrentProcess {
     name: String,
@@ -132,6 +154,23 @@ pub fn current_process() -> CurrentProcess {
 }
 
 /// The parent of a process started by multiproc.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+///
+/// fn parent(_: ()) -> Option<(String, u32, bool)> {
+///     multiproc::parent_process().map(|p| (p.name().to_owned(), p.pid(), p.is_alive()))
+/// }
+///
+/// # multiproc::set_start_method(StartMethod::Fork).unwrap();
+/// let mut p = Process::new(parent, ());
+/// p.start()?;
+/// let expected = ("MainProcess".to_owned(), std::process::id(), true);
+/// assert_eq!(p.join_result()?, Some(expected));
+/// # Ok::<(), multiproc::ProcessError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentProcess {
     name: String,
