@@ -51,7 +51,8 @@ use crate::sys::{self, Forked, FrameReader, Pid};
 /// How long one step of the connection handshake or a fork request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most connections that may wait to authenticate at once; more are dropped.
+/// The most connections that may wait to authenticate at once; past that, the one that has
+/// waited longest is dropped for each new one.
 const MAX_PENDING_HANDSHAKES: usize = 32;
 
 /// How long the listener rests after a failed `accept`.
@@ -467,16 +468,18 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             match i {
                 // The process that started us is gone.
                 0 => sys::exit_now(0),
-                1 if listening => {
-                    let pending = conns
-                        .iter()
-                        .filter(|c| matches!(c.auth, Auth::Waiting { .. }));
-                    match accept(&listener, pending.count()) {
-                        Ok(Some(conn)) => conns.push(conn),
-                        Ok(None) => {}
-                        Err(_) => listener_rests_until = Some(now + ACCEPT_REST),
+                1 if listening => match accept(&listener) {
+                    Ok(Some(conn)) => {
+                        // Too many waiting to authenticate: the oldest goes (a client of the
+                        // program answers within microseconds; an idle one has had its chance).
+                        if let Some(oldest) = oldest_waiting(&conns, &closed) {
+                            closed.push(oldest);
+                        }
+                        conns.push(conn);
                     }
-                }
+                    Ok(None) => {}
+                    Err(_) => listener_rests_until = Some(now + ACCEPT_REST),
+                },
                 1 => {}
                 i if i < 2 + n_conns => {
                     let conn = &mut conns[i - 2];
@@ -505,6 +508,9 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
         for k in done_kids.into_iter().rev() {
             kids.swap_remove(k);
         }
+        // Descending and without repeats, so each `swap_remove` moves in an element that stays.
+        closed.sort_unstable();
+        closed.dedup();
         for c in closed.into_iter().rev() {
             conns.swap_remove(c);
         }
@@ -512,19 +518,35 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
     }
 }
 
+/// The connection that has waited longest to authenticate, if [`MAX_PENDING_HANDSHAKES`]
+/// are waiting (not counting those already being closed).
+fn oldest_waiting(conns: &[Conn], closed: &[usize]) -> Option<usize> {
+    let waiting = conns.iter().enumerate().filter_map(|(i, c)| match c.auth {
+        Auth::Waiting { deadline, .. } if !closed.contains(&i) => Some((i, deadline)),
+        _ => None,
+    });
+    let waiting: Vec<(usize, Instant)> = waiting.collect();
+    if waiting.len() < MAX_PENDING_HANDSHAKES {
+        return None;
+    }
+    waiting
+        .into_iter()
+        .min_by_key(|(_, deadline)| *deadline)
+        .map(|(i, _)| i)
+}
+
 /// Accepts a connection and sends it the challenge.
 ///
 /// `Ok(None)` when the connection is dropped at once: another user's process (it could
-/// never hold the authkey, which lives only in this program's processes), or one too many
-/// waiting to authenticate (so a flood of idle connections cannot exhaust the server).
-/// `Err` when `accept` itself failed.
-fn accept(listener: &UnixListener, pending: usize) -> io::Result<Option<Conn>> {
+/// never hold the authkey, which lives only in this program's processes). `Err` when
+/// `accept` itself failed.
+fn accept(listener: &UnixListener) -> io::Result<Option<Conn>> {
     let sock = match listener.accept() {
         Ok((sock, _)) => sock,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
         Err(e) => return Err(e),
     };
-    if pending >= MAX_PENDING_HANDSHAKES || !sys::peer_is_same_user(sock.as_fd()) {
+    if !sys::peer_is_same_user(sock.as_fd()) {
         return Ok(None);
     }
     if sock.set_nonblocking(true).is_err() {
