@@ -30,7 +30,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -387,21 +386,12 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
             1
         }
         Err(payload) => {
-            // Our hook printed and reported it, unless the program replaced the hook after
-            // multiproc installed it: then say what the payload says.
-            if !PANIC_REPORTED.load(Ordering::Relaxed) {
-                let message = panic_message(payload.as_ref());
-                let name = tree::with(|me| me.name.clone());
-                eprintln!(
-                    "Process {name}:
-panicked:
-{message}"
-                );
-                report(Report::Outcome(Outcome::Panicked {
-                    message,
-                    location: None,
-                }));
-            }
+            // The hook recorded where it happened (unless the program replaced the hook
+            // after multiproc installed it: then the payload alone says what).
+            let (message, location) = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| (panic_message(payload.as_ref()), None));
+            report_panic(message, location);
             1
         }
     };
@@ -426,8 +416,12 @@ thread_local! {
     static IS_TARGET_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Set once the hook has reported the target's panic.
-static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// The latest panic on the target's thread: its message and location. Only an uncaught
+    /// one is reported, when it reaches the child's main; a panic the target catches is not.
+    static LAST_PANIC: std::cell::RefCell<Option<(String, Option<String>)>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -445,8 +439,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `Process <name>:` and the message with its location, and is reported to the parent from
 /// inside the hook, so it is known even under `panic = "abort"`. On every other thread the
 /// hook that was there before runs instead: in a parent, multiproc's hook is invisible.
+///
+/// Not while this thread is panicking (std refuses to change the hook then): the first fork
+/// start from a `Drop` during unwinding goes without it, and a panic in that child is
+/// reported from its payload alone.
 pub(crate) fn ensure_panic_hook() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
+    if std::thread::panicking() {
+        return;
+    }
     INSTALLED.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| on_panic(info, &previous)));
@@ -463,6 +464,16 @@ fn on_panic(info: &panic::PanicHookInfo<'_>, previous: &PanicHook) {
     let location = info
         .location()
         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+    if cfg!(panic = "abort") {
+        // No unwinding follows, so nothing will catch it: report it now.
+        report_panic(message, location);
+    } else {
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+    }
+}
+
+/// Prints `Process <name>:` and the panic, CPython style, and tells the parent.
+fn report_panic(message: String, location: Option<String>) {
     let name = tree::with(|me| me.name.clone());
     let at = location
         .as_deref()
@@ -470,7 +481,6 @@ fn on_panic(info: &panic::PanicHookInfo<'_>, previous: &PanicHook) {
         .unwrap_or_default();
     eprintln!("Process {name}:\npanicked{at}:\n{message}");
     report(Report::Outcome(Outcome::Panicked { message, location }));
-    PANIC_REPORTED.store(true, Ordering::Relaxed);
 }
 
 /// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread

@@ -50,3 +50,42 @@ fn joined_children_leave_no_descriptors_behind() {
 fn forkserver_exit_codes_are_exact() {
     start_join(StartMethod::Forkserver, 1000);
 }
+
+fn forty_two(_: ()) -> u32 {
+    42
+}
+
+/// A child that waits for the common start time, then starts a grandchild through the
+/// forkserver: a new client of the server, connecting at the same moment as all the others.
+fn start_a_grandchild_at(start_at: std::time::SystemTime) -> u32 {
+    if let Ok(wait) = start_at.duration_since(std::time::SystemTime::now()) {
+        // Makes the burst; nothing below depends on its timing.
+        std::thread::sleep(wait);
+    }
+    let mut p = Context::new(StartMethod::Forkserver).process(forty_two, ());
+    p.start().expect("grandchild start");
+    p.join_result().expect("grandchild result")
+}
+
+/// Many new clients connecting to the forkserver at once (far more than may wait to
+/// authenticate together) are all served.
+#[multiproc::test]
+fn a_burst_of_new_forkserver_clients_is_served() {
+    let ctx = Context::new(StartMethod::Forkserver);
+    let start_at = std::time::SystemTime::now() + std::time::Duration::from_millis(500);
+    let procs: Vec<_> = (0..128)
+        .map(|_| {
+            let mut p = ctx.process(start_a_grandchild_at, start_at);
+            p.start().expect("start");
+            p
+        })
+        .collect();
+    for (i, mut p) in procs.into_iter().enumerate() {
+        let value = p.join_result_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(
+            value.unwrap_or_else(|e| panic!("child {i}: {e}")),
+            42,
+            "child {i}"
+        );
+    }
+}

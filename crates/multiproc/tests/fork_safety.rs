@@ -145,3 +145,62 @@ fn daemons_die_with_a_killed_parent_despite_concurrent_forks() {
         "daemons alive 5 s after their parent was killed: {survivors:?}"
     );
 }
+
+fn answer(_: ()) -> u32 {
+    42
+}
+
+/// Ends the test process at once: deadlocked threads may hold the standard-output lock, so
+/// neither this test's panic nor libtest's summary could be printed, and the run would hang.
+fn deadlocked(what: &str) -> ! {
+    let msg = format!("deadlock: {what}\n");
+    let _ = rustix::io::write(rustix::stdio::stderr(), msg.as_bytes());
+    std::process::abort()
+}
+
+/// One thread holds the standard-output lock while it starts processes; another forks all
+/// the while. (The fork path once took the launch window before the standard-output lock,
+/// and the two threads waited for each other forever.)
+#[multiproc::test]
+fn starting_while_holding_stdout_does_not_deadlock_with_a_fork() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let forker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ctx = Context::new(StartMethod::Fork);
+            while !stop.load(Ordering::Relaxed) {
+                let mut p = ctx.process(nothing, ());
+                p.start().expect("fork start");
+                assert!(p.join_timeout(LONG).expect("join"));
+            }
+            done_tx.send(()).expect("send");
+        })
+    };
+    let (starts_tx, starts_rx) = std::sync::mpsc::channel();
+    let starter = std::thread::spawn(move || {
+        let ctx = Context::new(StartMethod::Forkserver);
+        for _ in 0..300 {
+            let mut p = ctx.process(answer, ());
+            {
+                let _out = std::io::stdout().lock();
+                p.start().expect("start");
+            }
+            starts_tx
+                .send(p.join_result_timeout(LONG).expect("result"))
+                .expect("send");
+        }
+    });
+    for i in 0..300 {
+        match starts_rx.recv_timeout(LONG) {
+            Ok(value) => assert_eq!(value, 42, "start {i}"),
+            Err(_) => deadlocked(&format!("start {i} gave no answer")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if done_rx.recv_timeout(LONG).is_err() {
+        deadlocked("the forking thread did not finish");
+    }
+    starter.join().expect("starter");
+    forker.join().expect("forker");
+}

@@ -1192,3 +1192,31 @@ fn a_huge_panic_message_comes_back_whole() {
         assert_eq!(p.exitcode().unwrap(), Some(1), "{m}");
     });
 }
+
+/// Panics the target catches itself are not reported: the target's value comes back (and
+/// thousands of them never fill the channel).
+fn catch_panics(n: u32) -> u32 {
+    let mut caught = 0;
+    for _ in 0..n {
+        if std::panic::catch_unwind(|| panic!("caught inside")).is_err() {
+            caught += 1;
+        }
+    }
+    caught
+}
+
+#[multiproc::test]
+fn panics_caught_by_the_target_are_not_failures() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        for n in [1, 5000] {
+            let mut p = start(ctx.process(catch_panics, n));
+            assert_eq!(
+                p.join_result_timeout(LONG)
+                    .unwrap_or_else(|e| panic!("{m}: {e}")),
+                n
+            );
+            assert_eq!(p.exitcode().unwrap(), Some(0), "{m}");
+        }
+    });
+}

@@ -98,12 +98,7 @@ impl ChildShared {
         loop {
             match st.reader.next_frame() {
                 Ok(Some(frame)) => match bootstrap::read_report(frame) {
-                    Ok(Report::Outcome(o)) => {
-                        // A panic report comes from the hook and wins over anything later.
-                        if !matches!(st.outcome, Some(Outcome::Panicked { .. })) {
-                            st.outcome = Some(o);
-                        }
-                    }
+                    Ok(Report::Outcome(o)) => st.outcome = Some(o),
                     Ok(Report::Exit(e)) => st.exit = Some(e),
                     Ok(Report::ForkserverReady(_) | Report::Spilled(_)) => {}
                     Err(e) => {

@@ -36,6 +36,10 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// channel until the child is registered, and for writing by a fork launch around the fork.
 /// So no fork ever happens while a channel end exists that the fork child would not know to
 /// neutralize (a copy of it there could keep a daemon alive after its parent's death).
+///
+/// A fork launch takes it after the standard output and error locks; so nothing inside a
+/// launch may print through std (a thread holding it shared would wait for those locks,
+/// held by a forking thread that waits for it).
 static LAUNCHES: RwLock<()> = RwLock::new(());
 
 /// See [`LAUNCHES`]: for a spawn or forkserver launch.

@@ -22,23 +22,24 @@ use std::sync::Arc;
 use crate::{bootstrap, callable, context};
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
-    // No other launch has a channel end out of the registry while this window is held, and
-    // this one registers its child before letting go (see `registry::fork_window`).
-    let window = registry::fork_window();
-    let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     let me = job.me.clone();
-    // The child neutralizes the parent's descriptors with it; opening it here saves the
-    // child an `open` and the faults that come with it.
-    let _ = sys::dev_null();
-    // Lock order: standard output and error (a fork child flushes them before it exits, and
-    // must not find them held by a thread it does not have), then identity, registry,
-    // channel to parent, forkserver client, hook mode, chosen start method.
     // One-time initialisations are done here, not in the child: another thread could have
     // one under way at the moment of the fork, and the child would wait for it forever.
+    // (`/dev/null` is what the child neutralizes the parent's descriptors with.)
+    let _ = sys::dev_null();
     bootstrap::ensure_panic_hook();
     callable::prepare_for_fork();
+    // Lock order: standard output and error (a fork child flushes them before it exits, and
+    // must not find them held by a thread it does not have; taken first, because a thread may
+    // hold them while it starts a process), then the launch window, then identity, registry,
+    // channel to parent, forkserver client, hook mode, chosen start method.
     let stdout = std::io::stdout().lock();
     let stderr = std::io::stderr().lock();
+    // No other launch has a channel end out of the registry while the window is held, and
+    // this one makes its channel inside it and registers its child before letting go (see
+    // `registry::fork_window`).
+    let window = registry::fork_window();
+    let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
     let mut identity = tree::lock();
     let mut reg = registry::lock();
     let mut to_parent = bootstrap::lock_to_parent();

@@ -51,8 +51,8 @@ use crate::sys::{self, Forked, FrameReader, Pid};
 /// How long one step of the connection handshake or a fork request may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most connections that may wait to authenticate at once; past that, the one that has
-/// waited longest is dropped for each new one.
+/// The most connections that may wait to authenticate at once; past that, new ones wait in
+/// the listen backlog.
 const MAX_PENDING_HANDSHAKES: usize = 32;
 
 /// How long the listener rests after a failed `accept`.
@@ -447,8 +447,14 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             })
             .chain(listener_rests_until)
             .min();
-        // The listener is left out while resting (a descriptor that is never ready).
-        let listening = listener_rests_until.is_none();
+        // The listener is left out while resting, and while as many connections as allowed
+        // wait to authenticate: the next ones wait in the kernel's backlog (their clients
+        // wait for the challenge), so a burst of real clients is served, not turned away.
+        let waiting = conns
+            .iter()
+            .filter(|c| matches!(c.auth, Auth::Waiting { .. }))
+            .count();
+        let listening = listener_rests_until.is_none() && waiting < MAX_PENDING_HANDSHAKES;
         let mut fds: Vec<BorrowedFd<'_>> = vec![channel.as_fd()];
         fds.push(if listening {
             listener.as_fd()
@@ -469,14 +475,7 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
                 // The process that started us is gone.
                 0 => sys::exit_now(0),
                 1 if listening => match accept(&listener) {
-                    Ok(Some(conn)) => {
-                        // Too many waiting to authenticate: the oldest goes (a client of the
-                        // program answers within microseconds; an idle one has had its chance).
-                        if let Some(oldest) = oldest_waiting(&conns, &closed) {
-                            closed.push(oldest);
-                        }
-                        conns.push(conn);
-                    }
+                    Ok(Some(conn)) => conns.push(conn),
                     Ok(None) => {}
                     Err(_) => listener_rests_until = Some(now + ACCEPT_REST),
                 },
@@ -508,31 +507,11 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
         for k in done_kids.into_iter().rev() {
             kids.swap_remove(k);
         }
-        // Descending and without repeats, so each `swap_remove` moves in an element that stays.
-        closed.sort_unstable();
-        closed.dedup();
         for c in closed.into_iter().rev() {
             conns.swap_remove(c);
         }
         kids.extend(new_kids);
     }
-}
-
-/// The connection that has waited longest to authenticate, if [`MAX_PENDING_HANDSHAKES`]
-/// are waiting (not counting those already being closed).
-fn oldest_waiting(conns: &[Conn], closed: &[usize]) -> Option<usize> {
-    let waiting = conns.iter().enumerate().filter_map(|(i, c)| match c.auth {
-        Auth::Waiting { deadline, .. } if !closed.contains(&i) => Some((i, deadline)),
-        _ => None,
-    });
-    let waiting: Vec<(usize, Instant)> = waiting.collect();
-    if waiting.len() < MAX_PENDING_HANDSHAKES {
-        return None;
-    }
-    waiting
-        .into_iter()
-        .min_by_key(|(_, deadline)| *deadline)
-        .map(|(i, _)| i)
 }
 
 /// Accepts a connection and sends it the challenge.
@@ -743,7 +722,9 @@ mod tests {
     #[multiproc_macros::test]
     fn a_flood_of_idle_connections_does_not_stop_the_server() {
         let addr = server_addr();
-        let flood: Vec<UnixStream> = (0..3 * MAX_PENDING_HANDSHAKES)
+        // More than may wait to authenticate at once: the rest wait in the backlog, and the
+        // real client after them is served once the idle ones time out.
+        let flood: Vec<UnixStream> = (0..MAX_PENDING_HANDSHAKES + 8)
             .map(|_| raw_connect(&addr))
             .collect();
         assert_eq!(start_one(), 42);

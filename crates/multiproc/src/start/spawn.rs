@@ -68,7 +68,14 @@ pub(crate) fn spawn_with(exe: &Path, mut ins: Instructions) -> Result<Launched, 
     cmd.inherit(child_end.as_fd());
     let pid = cmd.spawn().map_err(ProcessError::Launch)?;
     drop(child_end);
-    let pidfd = sys::pidfd_open(pid).map_err(ProcessError::Launch)?;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Unwatchable: end it now rather than leave it running unknown, then a zombie.
+            sys::kill_and_reap(pid);
+            return Err(ProcessError::Launch(e));
+        }
+    };
     parent_end
         .set_nonblocking(true)
         .map_err(ProcessError::Launch)?;

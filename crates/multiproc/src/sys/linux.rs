@@ -948,7 +948,10 @@ fn weak_random(out: &mut [u8]) {
     use sha2::Digest;
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
-        eprintln!("multiproc: no source of randomness (getrandom, /dev/urandom); keys are weak");
+        // Written straight to descriptor 2, not through std's stderr lock: this can run inside
+        // a launch, where taking that lock could deadlock with a forking thread.
+        let msg = b"multiproc: no source of randomness (getrandom, /dev/urandom); keys are weak\n";
+        let _ = rustix::io::write(rustix::stdio::stderr(), msg);
     });
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = std::time::SystemTime::now()
