@@ -96,6 +96,10 @@ pub(crate) enum Report {
     /// A report too large for the socket: this many bytes of it, encoded, are in the memfd
     /// attached. So a child never blocks on a full socket, whatever it reports.
     Spilled(u64),
+    /// The memfd attached is the child's panic slot: the hook writes the latest panic of the
+    /// target's thread there, so a panic that ends in an abort (a panic while unwinding, at
+    /// an `extern "C"` boundary) is still known to the parent. Sent once, at the first panic.
+    PanicSlot,
 }
 
 /// How the target ended, as the child itself reports it.
@@ -260,8 +264,9 @@ pub(crate) fn send_report(channel: &UnixStream, report: &Report) {
     }
 }
 
-/// Reads a report received from a child, following a spilled one into its memfd.
-pub(crate) fn read_report(frame: sys::Frame) -> Result<Report, String> {
+/// Reads a report received from a child, following a spilled one into its memfd; gives back
+/// the descriptors that came with it (a panic slot's).
+pub(crate) fn read_report(frame: sys::Frame) -> Result<(Report, Vec<OwnedFd>), String> {
     match codec::decode::<Report>(&frame.bytes).map_err(|e| e.to_string())? {
         Report::Spilled(len) => {
             let fd = frame
@@ -272,10 +277,10 @@ pub(crate) fn read_report(frame: sys::Frame) -> Result<Report, String> {
             let bytes = sys::read_memfd(fd, len).map_err(|e| e.to_string())?;
             match codec::decode::<Report>(&bytes).map_err(|e| e.to_string())? {
                 Report::Spilled(_) => Err("a spilled report inside a spilled report".to_owned()),
-                report => Ok(report),
+                report => Ok((report, Vec::new())),
             }
         }
-        report => Ok(report),
+        report => Ok((report, frame.fds)),
     }
 }
 
@@ -373,6 +378,9 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
     *lock_to_parent() = Some(channel);
     ensure_panic_hook();
     IS_TARGET_THREAD.with(|t| t.set(true));
+    // A fork child may have inherited its parent's record and slot.
+    LAST_PANIC.with(|p| *p.borrow_mut() = None);
+    PANIC_SLOT.with(|s| *s.borrow_mut() = (None, Vec::new()));
     let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args)));
     let code = match result {
         Ok(Ok(bytes)) => {
@@ -388,9 +396,13 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
         Err(payload) => {
             // The hook recorded where it happened (unless the program replaced the hook
             // after multiproc installed it: then the payload alone says what).
-            let (message, location) = LAST_PANIC
+            // The record is this panic's only if it says the same (`resume_unwind` does not
+            // run the hook, so a record can be of an earlier, caught panic).
+            let message = panic_message(payload.as_ref());
+            let location = LAST_PANIC
                 .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| (panic_message(payload.as_ref()), None));
+                .filter(|(recorded, _)| *recorded == message)
+                .and_then(|(_, location)| location);
             report_panic(message, location);
             1
         }
@@ -435,10 +447,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Installs multiproc's panic hook, once per process: a parent installs it before it forks
 /// (so a fork child never takes std's hook lock, which another thread of the parent may have
-/// held at the fork), a spawned child when it starts. On a target's thread a panic prints
-/// `Process <name>:` and the message with its location, and is reported to the parent from
-/// inside the hook, so it is known even under `panic = "abort"`. On every other thread the
-/// hook that was there before runs instead: in a parent, multiproc's hook is invisible.
+/// held at the fork), a spawned child when it starts. On a target's thread the hook records
+/// the panic (and writes it to the panic slot); the child prints `Process <name>:` with the
+/// message and location and reports it only if it goes uncaught, or at once under
+/// `panic = "abort"`. On every other thread the hook that was there before runs instead: in a
+/// parent, multiproc's hook is invisible.
 ///
 /// Not while this thread is panicking (std refuses to change the hook then): the first fork
 /// start from a `Drop` during unwinding goes without it, and a panic in that child is
@@ -468,19 +481,103 @@ fn on_panic(info: &panic::PanicHookInfo<'_>, previous: &PanicHook) {
         // No unwinding follows, so nothing will catch it: report it now.
         report_panic(message, location);
     } else {
+        write_panic_slot(&message, location.as_deref());
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
     }
 }
 
+/// How many of the latest panics the slot keeps: a panic that aborts is usually a chain (the
+/// panic, one in a destructor while unwinding, std's own "panic in a destructor during
+/// cleanup"), and the first of it is the cause.
+const PANIC_SLOT_KEEPS: usize = 3;
+
+/// The latest panics of the target's thread, newest last.
+type Panics = Vec<(String, Option<String>)>;
+
+thread_local! {
+    /// The panic slot of this child (see [`Report::PanicSlot`]), made at the first panic, and
+    /// the latest panics written to it.
+    static PANIC_SLOT: std::cell::RefCell<(Option<std::fs::File>, Panics)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
+/// Writes this panic to the panic slot (with the few before it), creating the slot and
+/// handing it to the parent at the first panic. Takes no lock that a launch could hold:
+/// `try_lock` only.
+fn write_panic_slot(message: &str, location: Option<&str>) {
+    PANIC_SLOT.with(|cell| {
+        let (slot, latest) = &mut *cell.borrow_mut();
+        if latest.len() == PANIC_SLOT_KEEPS {
+            latest.remove(0);
+        }
+        latest.push((message.to_owned(), location.map(str::to_owned)));
+        let Ok(bytes) = codec::encode(&*latest) else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = new_panic_slot();
+        }
+        if let Some(file) = slot.as_ref() {
+            use std::os::unix::fs::FileExt;
+            let _ = file.set_len(0);
+            let _ = file.write_all_at(&bytes, 0);
+        }
+    });
+}
+
+/// Makes the panic slot and hands it to the parent.
+fn new_panic_slot() -> Option<std::fs::File> {
+    let fd = sys::memfd_with(&[]).ok()?;
+    let guard = TO_PARENT.try_lock().ok()?;
+    let channel = guard.as_ref()?;
+    let frame = codec::encode(&Report::PanicSlot).ok()?;
+    sys::send_frame(channel.as_fd(), &frame, &[fd.as_fd()], None).ok()?;
+    Some(std::fs::File::from(fd))
+}
+
+/// Reads a panic slot received from a child: the latest panics of its target's thread, as
+/// one report: the earliest kept (the cause) with its location, then what followed.
+///
+/// Read at explicit offsets: the file description (and its offset) is shared with the child.
+pub(crate) fn read_panic_slot(slot: &std::fs::File) -> Option<(String, Option<String>)> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(slot.metadata().ok()?.len()).ok()?;
+    if len == 0 || len > sys::MAX_FRAME {
+        return None;
+    }
+    let mut bytes = vec![0u8; len];
+    slot.read_exact_at(&mut bytes, 0).ok()?;
+    let panics: Panics = codec::decode(&bytes).ok()?;
+    let mut chain = panics.into_iter();
+    let (mut message, location) = chain.next()?;
+    for (then, _) in chain {
+        message.push_str("; then, while unwinding: ");
+        message.push_str(&then);
+    }
+    Some((message, location))
+}
+
 /// Prints `Process <name>:` and the panic, CPython style, and tells the parent.
+///
+/// Takes no lock it could wait for: under `panic = "abort"` it runs from the hook, which may
+/// be inside a launch (holding multiproc locks or the launch window), so it writes straight to
+/// descriptor 2 and only tries the locks it needs.
 fn report_panic(message: String, location: Option<String>) {
-    let name = tree::with(|me| me.name.clone());
+    let name = tree::try_name().unwrap_or_else(|| "?".to_owned());
     let at = location
         .as_deref()
         .map(|l| format!(" at {l}"))
         .unwrap_or_default();
-    eprintln!("Process {name}:\npanicked{at}:\n{message}");
-    report(Report::Outcome(Outcome::Panicked { message, location }));
+    let text = format!("Process {name}:\npanicked{at}:\n{message}\n");
+    sys::write_stderr_raw(text.as_bytes());
+    if let Ok(guard) = TO_PARENT.try_lock() {
+        if let Some(channel) = guard.as_ref() {
+            send_report(
+                channel,
+                &Report::Outcome(Outcome::Panicked { message, location }),
+            );
+        }
+    }
 }
 
 /// A daemon ends when its parent ends, even when the parent is killed with SIGKILL: a thread

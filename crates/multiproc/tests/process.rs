@@ -1220,3 +1220,66 @@ fn panics_caught_by_the_target_are_not_failures() {
         }
     });
 }
+
+/// Panics again while unwinding: the process aborts, with no chance to report on its way
+/// out. Standard error goes to /dev/null to keep the test output clean.
+fn panic_while_unwinding(_: ()) {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("second, in drop");
+        }
+    }
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    rustix::stdio::dup2_stderr(&null).expect("dup2");
+    let _guard = PanicsOnDrop;
+    panic!("first");
+}
+
+#[multiproc::test]
+fn a_panic_that_aborts_is_still_reported() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let mut p = start(ctx.process(panic_while_unwinding, ()));
+        match p.join_result_timeout(LONG) {
+            Err(ProcessError::Child(ChildError::Panicked { message, location })) => {
+                // The cause first, then what followed while unwinding.
+                assert!(
+                    message.starts_with("first; then, while unwinding: second, in drop"),
+                    "{m}: {message}"
+                );
+                assert!(location.is_some_and(|l| l.contains("process.rs")), "{m}");
+            }
+            other => panic!("{m}: expected the panic, got {other:?}"),
+        }
+        assert_eq!(p.exitcode().unwrap(), Some(-6), "{m}: SIGABRT");
+    });
+}
+
+/// A caught panic, then `resume_unwind` of another payload (which runs no panic hook): the
+/// report is of the payload that ended the target, not of the caught panic.
+fn resume_another(_: ()) {
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    rustix::stdio::dup2_stderr(&null).expect("dup2");
+    let _ = std::panic::catch_unwind(|| panic!("caught"));
+    std::panic::resume_unwind(Box::new("resumed"));
+}
+
+#[multiproc::test]
+fn resume_unwind_reports_its_own_payload() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let mut p = start(ctx.process(resume_another, ()));
+        match p.join_result_timeout(LONG) {
+            Err(ProcessError::Child(ChildError::Panicked { message, location })) => {
+                assert_eq!(message, "resumed", "{m}");
+                assert_eq!(
+                    location, None,
+                    "{m}: the caught panic's location is not this one's"
+                );
+            }
+            other => panic!("{m}: expected the panic, got {other:?}"),
+        }
+        assert_eq!(p.exitcode().unwrap(), Some(1), "{m}");
+    });
+}

@@ -39,6 +39,8 @@ struct State {
     exit: Option<RawExit>,
     outcome: Option<Outcome>,
     status_lost: Option<String>,
+    /// The child's panic slot, if its target ever panicked (see `Report::PanicSlot`).
+    panic_slot: Option<std::fs::File>,
 }
 
 /// One started child, as its parent sees it.
@@ -98,9 +100,12 @@ impl ChildShared {
         loop {
             match st.reader.next_frame() {
                 Ok(Some(frame)) => match bootstrap::read_report(frame) {
-                    Ok(Report::Outcome(o)) => st.outcome = Some(o),
-                    Ok(Report::Exit(e)) => st.exit = Some(e),
-                    Ok(Report::ForkserverReady(_) | Report::Spilled(_)) => {}
+                    Ok((Report::Outcome(o), _)) => st.outcome = Some(o),
+                    Ok((Report::Exit(e), _)) => st.exit = Some(e),
+                    Ok((Report::PanicSlot, fds)) => {
+                        st.panic_slot = fds.into_iter().next().map(std::fs::File::from);
+                    }
+                    Ok((Report::ForkserverReady(_) | Report::Spilled(_), _)) => {}
                     Err(e) => {
                         st.outcome
                             .get_or_insert(Outcome::Failed(format!("unreadable report: {e}")));
@@ -188,9 +193,18 @@ impl ChildShared {
     }
 
     /// Takes the outcome the child reported (after it ended).
+    ///
+    /// A child that aborted (SIGABRT) without reporting, after a panic of its target's thread,
+    /// ended in that panic: a panic while unwinding, or at an `extern "C"` boundary, aborts.
     pub(crate) fn take_outcome(&self) -> (Option<Outcome>, Option<String>) {
+        const SIGABRT: i32 = 6;
         let mut st = self.lock();
-        (st.outcome.take(), st.status_lost.clone())
+        let mut outcome = st.outcome.take();
+        if outcome.is_none() && st.exit == Some(RawExit::Signal(SIGABRT)) {
+            let panic = st.panic_slot.as_ref().and_then(bootstrap::read_panic_slot);
+            outcome = panic.map(|(message, location)| Outcome::Panicked { message, location });
+        }
+        (outcome, st.status_lost.clone())
     }
 
     pub(crate) fn signal(&self, sig: Sig) -> io::Result<()> {

@@ -58,6 +58,17 @@ pub(crate) fn become_(me: Me) {
     *ME.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
 }
 
+/// This process's name, if its identity is not locked right now (for the panic report, which
+/// must not wait).
+pub(crate) fn try_name() -> Option<String> {
+    let guard = ME.try_lock().ok()?;
+    Some(
+        guard
+            .as_ref()
+            .map_or_else(|| "MainProcess".to_owned(), |me| me.name.clone()),
+    )
+}
+
 /// Identity and default name for a new child of this process.
 pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
     with(|me| {

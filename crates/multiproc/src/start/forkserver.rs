@@ -182,22 +182,32 @@ fn ensure_started(c: &mut Client, seed: &Seed) -> Result<(), ProcessError> {
             fds: Vec::new(),
         },
     )?;
+    match await_ready(&launched) {
+        Ok(addr) => c.addr = Some(addr),
+        Err(e) => {
+            // A server that never came up: end it rather than leave it running or a zombie.
+            sys::kill_and_reap(launched.pid);
+            return Err(e);
+        }
+    }
+    c.started = Some(launched);
+    Ok(())
+}
+
+/// Waits for a new server's address.
+fn await_ready(launched: &Launched) -> Result<ServerAddr, ProcessError> {
     let mut reader = FrameReader::default();
     let frame = reader
         .recv_frame(launched.channel.as_fd(), Some(bootstrap::HANDSHAKE_TIMEOUT))
         .map_err(|e| launch_error(format!("the forkserver did not start: {e}")))?
         .ok_or_else(|| launch_error("the forkserver did not answer in time".to_owned()))?;
     match codec::decode::<Report>(&frame.bytes)? {
-        Report::ForkserverReady(addr) => c.addr = Some(addr),
-        Report::Outcome(bootstrap::Outcome::Failed(msg)) => return Err(launch_error(msg)),
-        _ => {
-            return Err(launch_error(
-                "the forkserver sent something unexpected".to_owned(),
-            ));
-        }
+        Report::ForkserverReady(addr) => Ok(addr),
+        Report::Outcome(bootstrap::Outcome::Failed(msg)) => Err(launch_error(msg)),
+        _ => Err(launch_error(
+            "the forkserver sent something unexpected".to_owned(),
+        )),
     }
-    c.started = Some(launched);
-    Ok(())
 }
 
 fn launch_error(msg: String) -> ProcessError {

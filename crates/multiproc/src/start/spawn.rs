@@ -79,7 +79,11 @@ pub(crate) fn spawn_with(exe: &Path, mut ins: Instructions) -> Result<Launched, 
     parent_end
         .set_nonblocking(true)
         .map_err(ProcessError::Launch)?;
-    start::send_instructions(&parent_end, &ins)?;
+    if let Err(e) = start::send_instructions(&parent_end, &ins) {
+        // A child that will never get its instructions: end it rather than leave a zombie.
+        sys::kill_and_reap(pid);
+        return Err(e);
+    }
     Ok(Launched {
         pid,
         pidfd,

@@ -750,6 +750,18 @@ pub(crate) fn dup_stdout() -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?)
 }
 
+/// Writes to standard error without std's lock (for reports that must never wait).
+pub(crate) fn write_stderr_raw(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match rustix::io::write(rustix::stdio::stderr(), bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Restores the default SIGCHLD disposition (the forkserver must reap its children itself).
 pub(crate) fn default_sigchld() {
     // SAFETY:
@@ -950,8 +962,9 @@ fn weak_random(out: &mut [u8]) {
     WARNED.call_once(|| {
         // Written straight to descriptor 2, not through std's stderr lock: this can run inside
         // a launch, where taking that lock could deadlock with a forking thread.
-        let msg = b"multiproc: no source of randomness (getrandom, /dev/urandom); keys are weak\n";
-        let _ = rustix::io::write(rustix::stdio::stderr(), msg);
+        write_stderr_raw(
+            b"multiproc: no source of randomness (getrandom, /dev/urandom); keys are weak\n",
+        );
     });
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = std::time::SystemTime::now()
