@@ -26,7 +26,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -60,7 +60,10 @@ pub(crate) struct Bootstrap {
     pub(crate) start_method: Option<StartMethod>,
     /// The parent's hook, so the child starts its own children the same way.
     pub(crate) hook: HookMode,
-    /// The real standard output rides along as a descriptor (test binaries).
+    /// The parent's standard input rides along as a descriptor (a spawned child's own
+    /// standard input carried the channel). First among the descriptors.
+    pub(crate) stdin_attached: bool,
+    /// The real standard output rides along as a descriptor (test binaries). Next.
     pub(crate) stdout_attached: bool,
     pub(crate) task: Task,
 }
@@ -219,7 +222,7 @@ pub(crate) fn ensure_not_pending_child() {
     if hook_mode().is_some() {
         return;
     }
-    if let Some(channel) = parse_fd(&value).and_then(sys::adopt_inherited_socket) {
+    if let Some(channel) = adopt_channel(&value) {
         let msg = "the child reached multiproc before its start-up hook ran: call multiproc::init() \
                    as the very first line of main (or use #[multiproc::main])";
         eprintln!("multiproc: {msg}");
@@ -227,10 +230,6 @@ pub(crate) fn ensure_not_pending_child() {
         let _ = std::io::stderr().flush();
         sys::exit_now(1);
     }
-}
-
-fn parse_fd(value: &std::ffi::OsStr) -> Option<i32> {
-    value.to_str()?.parse().ok()
 }
 
 /// The socket to the parent, once this process is a child (used by the panic hook).
@@ -293,15 +292,24 @@ fn fail(channel: &UnixStream, msg: String) -> ! {
 
 /// A spawned child (or a forkserver) starting up: read the instructions, check them, run.
 fn child_main(value: &std::ffi::OsStr) -> ! {
-    let Some(channel) = parse_fd(value).and_then(sys::adopt_inherited_socket) else {
+    let Some(channel) = adopt_channel(value) else {
         eprintln!(
-            "multiproc: {ENV_BOOTSTRAP}={} does not name this child's socket; was the variable \
-             copied from another process?",
+            "multiproc: {ENV_BOOTSTRAP}={} but standard input is not this child's channel; \
+             was the variable copied from another process?",
             value.to_string_lossy()
         );
         sys::exit_now(1)
     };
     run_from_channel(channel)
+}
+
+/// The value of [`ENV_BOOTSTRAP`]: the channel is the child's standard input.
+pub(crate) const CHANNEL_ON_STDIN: &str = "stdin";
+
+fn adopt_channel(value: &std::ffi::OsStr) -> Option<UnixStream> {
+    (value == CHANNEL_ON_STDIN)
+        .then(sys::adopt_channel_from_stdin)
+        .flatten()
 }
 
 /// Reads a [`Bootstrap`] from `channel` and carries it out (spawned children and forkserver
@@ -337,6 +345,11 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
         );
     }
     let mut fds = frame.fds.into_iter();
+    if boot.stdin_attached {
+        if let Some(fd) = fds.next() {
+            let _ = sys::set_stdin(fd.as_fd());
+        }
+    }
     if boot.stdout_attached {
         if let Some(fd) = fds.next() {
             let _ = sys::set_stdout(fd.as_fd());
@@ -620,9 +633,4 @@ pub(crate) fn stdout_for_child() -> Option<OwnedFd> {
     matches!(hook_mode(), Some(HookMode::Test { .. }))
         .then(|| sys::dup_stdout().ok())
         .flatten()
-}
-
-/// The raw number of the channel, for the environment variable.
-pub(crate) fn fd_env_value(channel: &impl AsRawFd) -> String {
-    channel.as_raw_fd().to_string()
 }

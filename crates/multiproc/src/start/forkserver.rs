@@ -172,6 +172,7 @@ fn ensure_started(c: &mut Client, seed: &Seed) -> Result<(), ProcessError> {
         forkserver: None,
         start_method: None,
         hook,
+        stdin_attached: false,
         stdout_attached: false,
         task: Task::Forkserver,
     };

@@ -101,6 +101,7 @@ pub(crate) fn instructions_for(
         forkserver: forkserver::current_addr(),
         start_method: context::chosen_start_method(),
         hook,
+        stdin_attached: false,
         stdout_attached: false,
         task: Task::Run {
             callable: spec,

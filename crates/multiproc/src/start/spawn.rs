@@ -2,7 +2,7 @@
 //! instructions from a socket it inherits (named by `MULTIPROC_BOOTSTRAP`).
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use crate::bootstrap::{self, HookMode};
@@ -61,13 +61,15 @@ pub(crate) fn spawn_with(exe: &Path, mut ins: Instructions) -> Result<Launched, 
             return Err(ProcessError::HookMissing(bootstrap::HOOK_OFF_MAIN));
         }
     }
-    cmd.env(
-        bootstrap::ENV_BOOTSTRAP,
-        &bootstrap::fd_env_value(&child_end),
-    );
-    cmd.inherit(child_end.as_fd());
+    // The channel goes in as the child's standard input; the parent's own standard input
+    // rides along with the instructions, and the child puts it back.
+    if let Some(stdin) = sys::dup_stdin() {
+        ins.fds.insert(0, stdin);
+        ins.boot.stdin_attached = true;
+    }
+    cmd.env(bootstrap::ENV_BOOTSTRAP, bootstrap::CHANNEL_ON_STDIN);
+    cmd.channel_as_stdin(OwnedFd::from(child_end));
     let pid = cmd.spawn().map_err(ProcessError::Launch)?;
-    drop(child_end);
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {

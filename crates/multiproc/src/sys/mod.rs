@@ -4,9 +4,9 @@
 //!
 //! The rest of the crate sees only the items re-exported below, and relies on these promises:
 //!
-//! - **Descriptors** are `OwnedFd` / `BorrowedFd`, always opened close-on-exec. A descriptor a
-//!   child must inherit across `exec` is named explicitly ([`SpawnCommand::inherit`]); nothing
-//!   else crosses.
+//! - **Descriptors** are `OwnedFd` / `BorrowedFd`, always opened close-on-exec. The one
+//!   descriptor a spawned child inherits across `exec` is its channel, as its standard input
+//!   ([`SpawnCommand::channel_as_stdin`]); nothing else crosses.
 //! - **Processes** are named by a [`Pid`] *and* a pidfd: signals go through the pidfd
 //!   ([`send_signal`]), so a recycled pid can never be hit. [`reap_nohang`] collects the exit
 //!   status of a child once, without blocking.
