@@ -9,7 +9,9 @@ use multiproc::{Context, StartMethod};
 
 fn read_stdin(_: ()) -> String {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).expect("read stdin");
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .expect("read stdin");
     text
 }
 
@@ -19,13 +21,20 @@ fn read_stdin(_: ()) -> String {
 fn a_spawned_child_reads_the_parents_stdin() {
     let mut p = Context::new(StartMethod::Spawn).process(read_stdin, ());
     p.start().expect("start");
-    assert_eq!(p.join_result().expect("result"), "hello from the parent's stdin\n");
+    assert_eq!(
+        p.join_result().expect("result"),
+        "hello from the parent's stdin\n"
+    );
 }
 
 #[test]
 fn stdin_reaches_spawned_children() {
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["--exact", "a_spawned_child_reads_the_parents_stdin", "--ignored"])
+        .args([
+            "--exact",
+            "a_spawned_child_reads_the_parents_stdin",
+            "--ignored",
+        ])
         .args(["--test-threads=1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -33,10 +42,16 @@ fn stdin_reaches_spawned_children() {
         .spawn()
         .expect("run the test binary");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"hello from the parent's stdin\n").expect("write");
+    stdin
+        .write_all(b"hello from the parent's stdin\n")
+        .expect("write");
     drop(stdin);
     let out = child.wait_with_output().expect("output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
