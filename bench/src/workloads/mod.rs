@@ -1,6 +1,7 @@
 //! Every workload, one module each. To add one, write a module with a `cases()` function
 //! and list it in [`all`] (see `bench/README.md`).
 
+mod large_parent;
 mod start_join;
 
 use crate::workload::Case;
@@ -9,5 +10,6 @@ use crate::workload::Case;
 pub(crate) fn all() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(start_join::cases());
+    cases.extend(large_parent::cases());
     cases
 }
