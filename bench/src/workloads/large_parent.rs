@@ -1,116 +1,76 @@
 //! Process start + join from a parent with 512 MiB resident: what a start costs a program
 //! that holds a lot of memory.
 //!
-//! The same jobs as `start_join`, after the cell's process has filled 512 MiB (so every page
+//! The jobs of `start_join`, run after the cell's process has filled 512 MiB (so every page
 //! is resident). `fork` copies the parent's page tables, so its cost grows with the parent;
 //! `spawn` goes through `posix_spawn` (no copy) and `forkserver` forks the small server. The
 //! floor is `fork` + `execve`, which pays the copy too. Run on both CPUs only.
 
-use crate::floor;
-use crate::workload::{Case, CellFn, Floor, Python, Reps};
+use super::start_join::{case_on, floor_exec, floor_fork, start_join};
+use crate::workload::{Case, Floor, Reps};
 
 /// How much the parent holds.
 const PARENT_MIB: usize = 512;
 
-/// Fills the parent's memory; kept alive for the whole cell.
-fn fill() -> Vec<u8> {
-    vec![1u8; PARENT_MIB << 20]
-}
-
-fn noop(_: ()) {}
-
-fn start_join(method: &str, reps: &Reps) -> Result<Vec<f64>, String> {
-    let big = fill();
-    let ctx = multiproc::get_context(method).map_err(|e| e.to_string())?;
-    let samples = reps.time(|| {
-        let mut p = ctx.process(noop, ());
-        p.start().map_err(|e| e.to_string())?;
-        p.join().map_err(|e| e.to_string())?;
-        match p.exitcode() {
-            Ok(Some(0)) => Ok(()),
-            other => Err(format!("the child did not exit with 0: {other:?}")),
-        }
-    });
+/// Runs a cell's job while this process holds [`PARENT_MIB`] of written memory.
+fn with_large_parent(
+    job: impl FnOnce(&Reps) -> Result<Vec<f64>, String>,
+    reps: &Reps,
+) -> Result<Vec<f64>, String> {
+    let big = vec![1u8; PARENT_MIB << 20];
+    let samples = job(reps);
     std::hint::black_box(&big);
     samples
 }
 
 fn lib_fork(reps: &Reps) -> Result<Vec<f64>, String> {
-    start_join("fork", reps)
+    with_large_parent(|r| start_join("fork", r), reps)
 }
 
 fn lib_spawn(reps: &Reps) -> Result<Vec<f64>, String> {
-    start_join("spawn", reps)
+    with_large_parent(|r| start_join("spawn", r), reps)
 }
 
 fn lib_forkserver(reps: &Reps) -> Result<Vec<f64>, String> {
-    start_join("forkserver", reps)
-}
-
-fn floor_fork(reps: &Reps) -> Result<Vec<f64>, String> {
-    let big = fill();
-    let samples = reps.time(|| floor::fork_exit_wait().map_err(|e| e.to_string()));
-    std::hint::black_box(&big);
-    samples
-}
-
-fn floor_exec(reps: &Reps) -> Result<Vec<f64>, String> {
-    let big = fill();
-    let exec = floor::ExecFloor::new().map_err(|e| e.to_string())?;
-    let samples = reps.time(|| exec.run().map_err(|e| e.to_string()));
-    std::hint::black_box(&big);
-    samples
+    with_large_parent(|r| start_join("forkserver", r), reps)
 }
 
 static FORK_FLOOR: Floor = Floor {
     name: "fork+_exit+waitpid (512 MiB parent)",
-    run: floor_fork,
+    run: |reps| with_large_parent(floor_fork, reps),
 };
 
 static EXEC_FLOOR: Floor = Floor {
     name: "fork+execve+waitpid (512 MiB parent)",
-    run: floor_exec,
+    run: |reps| with_large_parent(floor_exec, reps),
 };
 
-fn case(
-    name: &'static str,
-    lib: CellFn,
-    method: &'static [&'static str],
-    floor: &'static Floor,
-) -> Case {
-    Case {
-        name,
-        lib,
-        python: Some(Python {
-            script: "start_join.py",
-            args: method,
-        }),
-        floor: Some(floor),
-        cpus: &[&[0, 1]],
-        fresh_process: false,
-    }
-}
+/// Both CPUs only: the copy dominates, so one pinning says enough.
+const BOTH_CPUS: &[&[usize]] = &[&[0, 1]];
 
 /// The rows of this workload.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case(
+        case_on(
             "start+join fork, 512 MiB parent",
             lib_fork,
             &["fork", "--parent-mib", "512"],
             &FORK_FLOOR,
+            BOTH_CPUS,
         ),
-        case(
+        case_on(
             "start+join spawn, 512 MiB parent",
             lib_spawn,
             &["spawn", "--parent-mib", "512"],
             &EXEC_FLOOR,
+            BOTH_CPUS,
         ),
-        case(
+        case_on(
             "start+join forkserver, 512 MiB parent",
             lib_forkserver,
             &["forkserver", "--parent-mib", "512"],
             &EXEC_FLOOR,
+            BOTH_CPUS,
         ),
     ]
 }

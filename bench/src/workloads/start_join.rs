@@ -19,7 +19,7 @@ fn noop(_: ()) {}
 
 /// Starts and joins a child that does nothing, once per repetition, with `method`, and
 /// checks that it exited with 0 (as the CPython script does).
-fn start_join(method: &str, reps: &Reps) -> Result<Vec<f64>, String> {
+pub(super) fn start_join(method: &str, reps: &Reps) -> Result<Vec<f64>, String> {
     let ctx = multiproc::get_context(method).map_err(|e| e.to_string())?;
     reps.time(|| {
         let mut p = ctx.process(noop, ());
@@ -44,11 +44,11 @@ fn lib_forkserver(reps: &Reps) -> Result<Vec<f64>, String> {
     start_join("forkserver", reps)
 }
 
-fn floor_fork(reps: &Reps) -> Result<Vec<f64>, String> {
+pub(super) fn floor_fork(reps: &Reps) -> Result<Vec<f64>, String> {
     reps.time(|| floor::fork_exit_wait().map_err(|e| e.to_string()))
 }
 
-fn floor_exec(reps: &Reps) -> Result<Vec<f64>, String> {
+pub(super) fn floor_exec(reps: &Reps) -> Result<Vec<f64>, String> {
     let exec = floor::ExecFloor::new().map_err(|e| e.to_string())?;
     reps.time(|| exec.run().map_err(|e| e.to_string()))
 }
@@ -72,15 +72,26 @@ fn case(
     method: &'static [&'static str],
     floor: &'static Floor,
 ) -> Case {
+    case_on(name, lib, method, floor, LATENCY_CPUS)
+}
+
+/// A start+join row on the given CPU sets (also used by `large_parent`).
+pub(super) fn case_on(
+    name: &'static str,
+    lib: CellFn,
+    python_args: &'static [&'static str],
+    floor: &'static Floor,
+    cpus: &'static [&'static [usize]],
+) -> Case {
     Case {
         name,
         lib,
         python: Some(Python {
             script: "start_join.py",
-            args: method,
+            args: python_args,
         }),
         floor: Some(floor),
-        cpus: LATENCY_CPUS,
+        cpus,
         fresh_process: false,
     }
 }

@@ -1,6 +1,8 @@
 //! A child running a different build of the program refuses to run, and says so; a missing
 //! executable is an error at start.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use multiproc::{ChildError, Context, ProcessError, StartMethod};
@@ -86,22 +88,5 @@ fn an_ignored_entry_test() {
 
 #[test]
 fn ignored_entry_test_runs_children() {
-    // Runs only the ignored test, in a fresh process of this binary, so it is the first
-    // (and only) test entry there.
-    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
-        .args([
-            "--exact",
-            "an_ignored_entry_test",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .output()
-        .expect("run the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    common::run_own_ignored_test("an_ignored_entry_test", b"");
 }

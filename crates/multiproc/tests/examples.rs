@@ -6,10 +6,13 @@
 //! nextest run` work on their own. Every run has a deadline, so a hanging example fails its
 //! test rather than hanging it.
 
+mod common;
+
+use common::wait_until;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -137,21 +140,6 @@ fn collect(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
         let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
     });
     rx
-}
-
-/// Waits for `child` up to `deadline`; kills it and panics if it is still running then.
-fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> ExitStatus {
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within its deadline and was killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Runs `cmd` to its end, within [`RUN_LIMIT`]; panics if it cannot start.

@@ -2,10 +2,11 @@
 //! the child's standard input during start-up, and the parent's own is put back before the
 //! target runs.
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::io::Read;
 
 use multiproc::{Context, StartMethod};
+
+mod common;
 
 fn read_stdin(_: ()) -> String {
     let mut text = String::new();
@@ -29,29 +30,8 @@ fn a_spawned_child_reads_the_parents_stdin() {
 
 #[test]
 fn stdin_reaches_spawned_children() {
-    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([
-            "--exact",
-            "a_spawned_child_reads_the_parents_stdin",
-            "--ignored",
-        ])
-        .args(["--test-threads=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the test binary");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(b"hello from the parent's stdin\n")
-        .expect("write");
-    drop(stdin);
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_own_ignored_test(
+        "a_spawned_child_reads_the_parents_stdin",
+        b"hello from the parent's stdin\n",
     );
-    assert!(stdout.contains("1 passed"), "{stdout}");
 }

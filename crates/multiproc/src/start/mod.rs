@@ -118,10 +118,17 @@ pub(crate) fn send_instructions(
     channel: &UnixStream,
     ins: &Instructions,
 ) -> Result<(), ProcessError> {
-    let bytes = codec::encode(&ins.boot)?;
+    send_encoded(channel, &codec::encode(&ins.boot)?, ins)
+}
+
+fn send_encoded(
+    channel: &UnixStream,
+    bytes: &[u8],
+    ins: &Instructions,
+) -> Result<(), ProcessError> {
     let fds: Vec<BorrowedFd<'_>> = ins.fds.iter().map(|fd| fd.as_fd()).collect();
     let timeout = Some(bootstrap::HANDSHAKE_TIMEOUT);
-    match sys::send_frame(channel.as_fd(), &bytes, &fds, timeout) {
+    match sys::send_frame(channel.as_fd(), bytes, &fds, timeout) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Ok(()),
         Err(e) => Err(ProcessError::Launch(e)),
@@ -138,9 +145,10 @@ pub(crate) fn send_instructions_if_small(
     channel: &UnixStream,
     ins: &Instructions,
 ) -> Result<bool, ProcessError> {
-    if codec::encode(&ins.boot)?.len() > EARLY_INSTRUCTIONS_MAX {
+    let bytes = codec::encode(&ins.boot)?;
+    if bytes.len() > EARLY_INSTRUCTIONS_MAX {
         return Ok(false);
     }
-    send_instructions(channel, ins)?;
+    send_encoded(channel, &bytes, ins)?;
     Ok(true)
 }
