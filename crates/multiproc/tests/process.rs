@@ -135,10 +135,6 @@ fn my_pid(_: ()) -> u32 {
     std::process::id()
 }
 
-fn exit_with(code: i32) {
-    std::process::exit(code)
-}
-
 /// The line of the `panic!` in [`boom`] (keep the two together).
 const BOOM_LINE: u32 = line!() + 3;
 fn boom(message: String) {
@@ -464,25 +460,6 @@ fn exitcode_zero_on_return() {
         join(&p);
         assert_eq!(p.exitcode().unwrap(), Some(0), "{m}");
         assert!(!p.is_alive().unwrap(), "{m}");
-    });
-}
-
-#[multiproc::test]
-fn exitcode_of_explicit_exit() {
-    each_method(|ctx| {
-        let m = ctx.start_method();
-        let mut procs: Vec<(i32, Process)> = [0, 1, 3, 42, 255]
-            .into_iter()
-            .map(|code| (code, start(ctx.process(exit_with, code))))
-            .collect();
-        for (code, p) in &mut procs {
-            join(p);
-            assert_eq!(p.exitcode().unwrap(), Some(*code), "{m}: exit({code})");
-            match p.join_result() {
-                Err(ProcessError::Child(ChildError::Exited(c))) => assert_eq!(c, *code, "{m}"),
-                other => panic!("{m}: exit({code}) gave {other:?}"),
-            }
-        }
     });
 }
 

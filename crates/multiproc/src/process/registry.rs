@@ -83,14 +83,33 @@ pub(crate) fn register(child: &Arc<ChildShared>) {
 /// How often the reaper looks for ended children while there are some.
 const REAP_TICK: Duration = Duration::from_millis(50);
 
+/// Starts the reaper thread, and returns once it runs.
+///
+/// Waiting matters to `fork`: while a thread is being set up, std holds a lock of its own
+/// (its record of thread stacks) that a fork child needs again if it calls
+/// `std::process::exit`; a fork at that moment would leave the child waiting on it forever.
 fn start_reaper() -> Option<(Arc<Epoll>, Thread)> {
     let epoll = Arc::new(Epoll::new().ok()?);
     let for_thread = epoll.clone();
+    let (running_tx, running_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("multiproc-reaper".to_owned())
-        .spawn(move || reaper_loop(&for_thread))
+        .spawn(move || {
+            let _ = running_tx.send(());
+            reaper_loop(&for_thread)
+        })
         .ok()?;
+    running_rx.recv_timeout(Duration::from_secs(10)).ok()?;
     Some((epoll, handle.thread().clone()))
+}
+
+/// Makes sure the reaper runs before a fork (see [`start_reaper`]): the first fork start
+/// would otherwise start it right after forking, and the next fork could race with it.
+pub(crate) fn ensure_reaper() {
+    let mut reg = lock();
+    if reg.reaper.is_none() {
+        reg.reaper = start_reaper();
+    }
 }
 
 fn reaper_loop(epoll: &Epoll) {

@@ -29,6 +29,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     let _ = sys::dev_null();
     bootstrap::ensure_panic_hook();
     callable::prepare_for_fork();
+    registry::ensure_reaper();
     // Lock order: standard output and error (a fork child flushes them before it exits, and
     // must not find them held by a thread it does not have; taken first, because a thread may
     // hold them while it starts a process), then the launch window, then identity, registry,
