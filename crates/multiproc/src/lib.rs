@@ -103,7 +103,7 @@ extern crate self as multiproc;
 
 mod bootstrap;
 mod callable;
-mod codec;
+pub mod codec;
 mod context;
 mod error;
 pub mod guide;

@@ -1,0 +1,213 @@
+//! Descriptors inside values: how a [`Connection`](crate::Connection) (and any value holding
+//! a [`Descriptor`]) travels to another process.
+//!
+//! Encoding runs inside an *outgoing scope*: each descriptor met in the value is duplicated
+//! into the scope's list and the value records only its index there. The list then travels
+//! beside the bytes (as `SCM_RIGHTS` on a socket, or inherited across `fork`). Decoding runs
+//! inside an *incoming scope* holding the received descriptors, and each index takes its
+//! descriptor out. Outside a scope a descriptor cannot be encoded: serializing a
+//! `Connection` to JSON, say, is an error rather than a number that means nothing elsewhere.
+//!
+//! Scopes nest (a value encoded while another is being encoded gets its own list).
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+
+/// The most descriptors one message may carry (Linux's `SCM_MAX_FD`).
+pub(crate) const MAX_PER_MESSAGE: usize = 253;
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
+/// descriptors the value holds, in index order.
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
+    (r, fds.unwrap_or_default())
+}
+
+/// Runs `f` (which decodes a value) in an incoming scope holding `fds`. Descriptors the value
+/// did not claim are closed.
+pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    let table = fds.into_iter().map(Some).collect();
+    let outer = INCOMING.with(|i| i.borrow_mut().replace(table));
+    let r = f();
+    INCOMING.with(|i| *i.borrow_mut() = outer);
+    r
+}
+
+/// An owned descriptor that can be part of any value sent through multiproc: a Process
+/// argument, a message on a [`Connection`](crate::Connection) using the default codec, and
+/// (as they land) pool tasks and queue items. The receiving process gets its own descriptor
+/// for the same open file.
+///
+/// Encoding one with another serde format (JSON, say), or with a codec that cannot carry
+/// descriptors ([`Pickle`](crate::codec::Pickle)), fails with an error.
+///
+/// # Examples
+///
+/// A file opened by the parent, read by the child:
+///
+/// ```
+/// use std::io::{Read, Seek, Write};
+/// use multiproc::codec::Descriptor;
+/// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+///
+/// fn read_it(fd: Descriptor) -> String {
+///     let mut file = std::fs::File::from(fd.into_owned());
+///     file.rewind().unwrap();
+///     let mut s = String::new();
+///     file.read_to_string(&mut s).unwrap();
+///     s
+/// }
+///
+/// let mut file = tempfile_like()?;
+/// file.write_all(b"from the parent")?;
+/// let mut p = multiproc::Process::new(read_it, Descriptor::from(std::os::fd::OwnedFd::from(file)));
+/// p.start()?;
+/// assert_eq!(p.join_result()?, "from the parent");
+/// # fn tempfile_like() -> std::io::Result<std::fs::File> {
+/// #     let path = std::env::temp_dir().join(format!("mp-doc-{}", std::process::id()));
+/// #     let f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
+/// #     std::fs::remove_file(&path)?;
+/// #     Ok(f)
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Descriptor(OwnedFd);
+
+impl Descriptor {
+    /// The descriptor, to use as any `OwnedFd`.
+    pub fn into_owned(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Descriptor {
+    fn from(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+}
+
+impl AsFd for Descriptor {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Descriptor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Serialize for Descriptor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Descriptor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(Self)
+    }
+}
+
+/// Encodes `fd` as an index into the current outgoing scope (after duplicating it there).
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with(|o| -> Result<u32, String> {
+        let mut o = o.borrow_mut();
+        let list = o.as_mut().ok_or(
+            "a descriptor (a Connection, a Descriptor) can only be sent through multiproc with \
+             its default codec",
+        )?;
+        if list.len() >= MAX_PER_MESSAGE {
+            return Err(format!(
+                "a message can carry at most {MAX_PER_MESSAGE} descriptors"
+            ));
+        }
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate a descriptor to send it: {e}"))?;
+        list.push(dup);
+        Ok((list.len() - 1) as u32)
+    });
+    match index {
+        Ok(i) => s.serialize_u32(i),
+        Err(msg) => Err(ser::Error::custom(msg)),
+    }
+}
+
+/// Decodes an index and takes that descriptor from the current incoming scope.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(d)? as usize;
+    INCOMING.with(|i| {
+        let mut i = i.borrow_mut();
+        let table = i
+            .as_mut()
+            .ok_or_else(|| de::Error::custom("a descriptor can only be received through multiproc"))?;
+        table
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| de::Error::custom(format!("descriptor {index} missing from the message")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Codec, Postcard};
+
+    fn memfd() -> OwnedFd {
+        crate::sys::memfd_with(b"x").unwrap()
+    }
+
+    #[test]
+    fn descriptors_travel_beside_the_bytes_in_index_order() {
+        let (a, b) = (Descriptor(memfd()), Descriptor(memfd()));
+        let (bytes, fds) = encoding(|| {
+            let mut out = Vec::new();
+            Postcard::encode(&(&a, 7u8, &b), &mut out).map(|()| out)
+        });
+        let bytes = bytes.unwrap();
+        assert_eq!(fds.len(), 2);
+        let (x, n, y): (Descriptor, u8, Descriptor) =
+            decoding(fds, || Postcard::decode(&bytes)).unwrap();
+        assert_eq!(n, 7);
+        assert_ne!(x.as_raw_fd(), y.as_raw_fd());
+    }
+
+    #[test]
+    fn outside_a_scope_a_descriptor_is_an_error_not_a_number() {
+        let mut out = Vec::new();
+        assert!(Postcard::encode(&Descriptor(memfd()), &mut out).is_err());
+        let (bytes, _) = encoding(|| {
+            let mut out = Vec::new();
+            Postcard::encode(&Descriptor(memfd()), &mut out).map(|()| out)
+        });
+        assert!(Postcard::decode::<Descriptor>(&bytes.unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_missing_or_reused_index_is_an_error() {
+        let (bytes, _fds) = encoding(|| {
+            let mut out = Vec::new();
+            Postcard::encode(&Descriptor(memfd()), &mut out).map(|()| out)
+        });
+        let bytes = bytes.unwrap();
+        assert!(decoding(Vec::new(), || Postcard::decode::<Descriptor>(&bytes)).is_err());
+        // The same index twice: the second finds it taken.
+        let twice = [bytes.clone(), bytes].concat();
+        let r = decoding(vec![memfd()], || {
+            Postcard::decode::<(Descriptor, Descriptor)>(&twice)
+        });
+        assert!(r.is_err());
+    }
+}
