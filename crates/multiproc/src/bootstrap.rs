@@ -83,6 +83,8 @@ pub(crate) enum Task {
     Run {
         callable: CallableSpec,
         args: Payload,
+        /// The arguments hold this many descriptors: the last ones attached.
+        arg_fds: u32,
     },
     /// Become the forkserver.
     Forkserver,
@@ -363,7 +365,11 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
         crate::context::inherit_start_method(m);
     }
     match boot.task {
-        Task::Run { callable, args } => {
+        Task::Run {
+            callable,
+            args,
+            arg_fds: expected,
+        } => {
             let args = match args {
                 Payload::Inline(bytes) => bytes,
                 Payload::Memfd(len) => match fds.next().map(|fd| sys::read_memfd(fd, len)) {
@@ -372,8 +378,15 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
                     None => fail(&channel, "the arguments' memfd is missing".to_owned()),
                 },
             };
+            let arg_fds: Vec<OwnedFd> = fds.collect();
+            if arg_fds.len() != expected as usize {
+                fail(
+                    &channel,
+                    "descriptors of the arguments are missing".to_owned(),
+                );
+            }
             match Callable::from_spec(callable) {
-                Ok(c) => run_child(c, &args, channel, daemon),
+                Ok(c) => run_child(c, &args, arg_fds, channel, daemon),
                 Err(e) => fail(&channel, format!("cannot find the function to run: {e}")),
             }
         }
@@ -384,7 +397,13 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
 /// The child's life once it knows what to run: watch the parent (daemons), run the target
 /// catching panics, report, then end like CPython (terminate daemonic children, join the
 /// others, flush) with the exit code: 0, or 1 after a panic or failure.
-pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, daemon: bool) -> ! {
+pub(crate) fn run_child(
+    callable: Callable,
+    args: &[u8],
+    arg_fds: Vec<OwnedFd>,
+    channel: UnixStream,
+    daemon: bool,
+) -> ! {
     if daemon {
         watch_parent(&channel);
     }
@@ -394,7 +413,7 @@ pub(crate) fn run_child(callable: Callable, args: &[u8], channel: UnixStream, da
     // A fork child may have inherited its parent's record and slot.
     LAST_PANIC.with(|p| *p.borrow_mut() = None);
     PANIC_SLOT.with(|s| *s.borrow_mut() = (None, Vec::new()));
-    let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args)));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args, arg_fds)));
     let code = match result {
         Ok(Ok(bytes)) => {
             report(Report::Outcome(Outcome::Returned(bytes)));

@@ -20,6 +20,7 @@
 
 #![allow(unsafe_code)]
 
+use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -31,7 +32,7 @@ use crate::sys;
 pub(crate) type RunResult = Result<Vec<u8>, RunError>;
 
 /// The type-erased entry every target is called through.
-pub(crate) type Runner = fn(usize, &[u8]) -> RunResult;
+pub(crate) type Runner = fn(usize, &[u8], Vec<OwnedFd>) -> RunResult;
 
 /// Why a target could not run or its result could not be sent.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
@@ -100,7 +101,11 @@ fn check_in_image(addr: usize) -> Result<(), CallableError> {
 }
 
 /// Decodes the arguments, calls the target, encodes its result.
-fn run_target<A: DeserializeOwned, R: Serialize>(target: usize, args: &[u8]) -> RunResult {
+fn run_target<A: DeserializeOwned, R: Serialize>(
+    target: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> RunResult {
     // SAFETY:
     // - `target` was produced by `Callable::new::<A, R>` from a `fn(A) -> R` (in this process,
     //   or in an identical image, checked by build identity and rebuilt from the same anchor),
@@ -108,7 +113,8 @@ fn run_target<A: DeserializeOwned, R: Serialize>(target: usize, args: &[u8]) -> 
     //   has exactly the type `fn(A) -> R`;
     // - function pointers and `usize` have the same size on every supported target.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(target) };
-    let args: A = codec::decode(args).map_err(|e| RunError::DecodeArgs(e.to_string()))?;
+    let args: A = codec::fds::decoding(fds, || codec::decode(args))
+        .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
     let result = f(args);
     codec::encode(&result).map_err(|e| RunError::EncodeResult(e.to_string()))
 }
@@ -123,8 +129,8 @@ impl Callable {
     }
 
     /// Runs it here.
-    pub(crate) fn call(&self, args: &[u8]) -> RunResult {
-        (self.runner)(self.target, args)
+    pub(crate) fn call(&self, args: &[u8], fds: Vec<OwnedFd>) -> RunResult {
+        (self.runner)(self.target, args, fds)
     }
 
     /// The form that crosses to another process.

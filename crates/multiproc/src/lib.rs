@@ -104,16 +104,17 @@ extern crate self as multiproc;
 mod bootstrap;
 mod callable;
 pub mod codec;
+pub mod connection;
 mod context;
 mod error;
 pub mod guide;
 mod process;
 mod start;
 mod sys;
-mod wait;
 
 pub use bootstrap::init;
 pub use codec::CodecError;
+pub use connection::{Connection, pipe, wait};
 pub use context::{
     Context, DEFAULT_START_METHOD, StartMethod, ensure_forkserver, get_all_start_methods,
     get_context, get_start_method, set_start_method, set_start_method_force,
@@ -124,7 +125,6 @@ pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };
 pub use process::{ChildProcess, Process, active_children};
-pub use wait::wait;
 
 #[doc(hidden)]
 pub mod __private {

@@ -15,7 +15,6 @@ use std::any::type_name;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -637,12 +636,7 @@ fn wait_returns_the_sentinel_of_the_child_that_ended() {
         let quick = start(ctx.process(nothing, ()));
         let sentinels = [slow.sentinel().unwrap(), quick.sentinel().unwrap()];
         let ready = multiproc::wait(&sentinels, Some(LONG)).unwrap();
-        let ready: Vec<_> = ready.iter().map(|fd| fd.as_raw_fd()).collect();
-        assert_eq!(
-            ready,
-            [sentinels[1].as_raw_fd()],
-            "{m}: only the quick child's sentinel is ready"
-        );
+        assert_eq!(ready, [1], "{m}: only the quick child's sentinel is ready");
         join(&quick);
         assert_eq!(quick.exitcode().unwrap(), Some(0), "{m}");
         assert!(slow.is_alive().unwrap(), "{m}");

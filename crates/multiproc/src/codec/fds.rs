@@ -150,13 +150,12 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
     let index = u32::deserialize(d)? as usize;
     INCOMING.with(|i| {
         let mut i = i.borrow_mut();
-        let table = i
-            .as_mut()
-            .ok_or_else(|| de::Error::custom("a descriptor can only be received through multiproc"))?;
-        table
-            .get_mut(index)
-            .and_then(Option::take)
-            .ok_or_else(|| de::Error::custom(format!("descriptor {index} missing from the message")))
+        let table = i.as_mut().ok_or_else(|| {
+            de::Error::custom("a descriptor can only be received through multiproc")
+        })?;
+        table.get_mut(index).and_then(Option::take).ok_or_else(|| {
+            de::Error::custom(format!("descriptor {index} missing from the message"))
+        })
     })
 }
 

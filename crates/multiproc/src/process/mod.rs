@@ -73,7 +73,9 @@ enum State {
 /// ```
 pub struct Process<R = ()> {
     callable: Callable,
-    args: Result<Vec<u8>, CodecError>,
+    /// The encoded arguments and the descriptors they hold (connections and other shared
+    /// objects travel as descriptors).
+    args: Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), CodecError>,
     name: String,
     identity: Vec<u32>,
     daemon: bool,
@@ -113,7 +115,10 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         let (identity, name) = tree::next_child_identity();
         Self {
             callable: Callable::new(target),
-            args: codec::encode(&args),
+            args: {
+                let (bytes, fds) = crate::codec::fds::encoding(|| codec::encode(&args));
+                bytes.map(|b| (b, fds))
+            },
             name,
             identity,
             daemon: tree::with(|me| me.daemon),
@@ -212,7 +217,10 @@ impl<R: DeserializeOwned> Process<R> {
             State::Closed => return Err(ProcessError::Closed),
         }
         bootstrap::ensure_not_pending_child();
-        let args = self.args.as_ref().map_err(Clone::clone)?;
+        let (args, arg_fds) = match &self.args {
+            Ok((bytes, fds)) => (bytes.as_slice(), fds.as_slice()),
+            Err(e) => return Err(e.clone().into()),
+        };
         let me = tree::with(|me| Me {
             name: self.name.clone(),
             identity: self.identity.clone(),
@@ -228,6 +236,7 @@ impl<R: DeserializeOwned> Process<R> {
         let job = Job {
             callable: self.callable,
             args,
+            arg_fds,
             me,
             executable: context.executable(),
         };

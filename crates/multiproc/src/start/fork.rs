@@ -65,7 +65,14 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
             ));
             drop(parent_end);
             let daemon = job.me.daemon;
-            bootstrap::run_child(job.callable, job.args, child_end, daemon)
+            // The parent's descriptors are inherited at the same numbers; the child decodes
+            // its arguments from copies it owns.
+            let arg_fds = job
+                .arg_fds
+                .iter()
+                .filter_map(|fd| fd.try_clone().ok())
+                .collect();
+            bootstrap::run_child(job.callable, job.args, arg_fds, child_end, daemon)
         }
         Ok(Forked::Parent(pid)) => {
             drop((

@@ -32,6 +32,8 @@ use crate::sys;
 pub(crate) struct Job<'a> {
     pub(crate) callable: Callable,
     pub(crate) args: &'a [u8],
+    /// Descriptors the arguments hold, in index order.
+    pub(crate) arg_fds: &'a [OwnedFd],
     pub(crate) me: Me,
     pub(crate) executable: Option<&'a Path>,
 }
@@ -72,8 +74,8 @@ pub(crate) fn require_hook() -> Result<HookMode, ProcessError> {
     }
 }
 
-/// A child's instructions and the descriptors that ride with them (standard output for a
-/// test child, then the memfd of large arguments).
+/// A child's instructions and the descriptors that ride with them (standard input, standard
+/// output for a test child, then the memfd of large arguments, then the arguments' own).
 pub(crate) struct Instructions {
     pub(crate) boot: Bootstrap,
     pub(crate) fds: Vec<OwnedFd>,
@@ -95,6 +97,9 @@ pub(crate) fn instructions_for(
         fds.push(sys::memfd_with(job.args).map_err(ProcessError::Launch)?);
         Payload::Memfd(job.args.len() as u64)
     };
+    for fd in job.arg_fds {
+        fds.push(fd.try_clone().map_err(ProcessError::Launch)?);
+    }
     let boot = Bootstrap {
         build_id: callable::build_identity().to_vec(),
         me: job.me.clone(),
@@ -106,6 +111,7 @@ pub(crate) fn instructions_for(
         task: Task::Run {
             callable: spec,
             args,
+            arg_fds: job.arg_fds.len() as u32,
         },
     };
     Ok(Instructions { boot, fds })

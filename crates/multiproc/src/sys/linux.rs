@@ -32,8 +32,11 @@ use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 pub(crate) use rustix::process::Pid;
 
+mod net;
+pub(crate) use net::*;
+
 /// The most descriptors one frame may carry.
-pub(crate) const MAX_FDS_PER_FRAME: usize = 4;
+pub(crate) const MAX_FDS_PER_FRAME: usize = crate::codec::fds::MAX_PER_MESSAGE;
 
 // ---------------------------------------------------------------------------------------------
 // Processes

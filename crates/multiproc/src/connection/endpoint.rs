@@ -1,0 +1,533 @@
+//! One end of a byte stream carrying CPython-framed messages: buffered reads, gathered
+//! writes, descriptors attached to messages, deadlines, and a short adaptive spin.
+//!
+//! # Reading
+//!
+//! Small messages are read through a 64 KiB buffer, so one `recvmsg` usually brings a whole
+//! message (or several) and a typed message is decoded straight from the buffer. A message
+//! too large for the buffer is read into its own `Vec` (or the caller's slice) with plain
+//! reads bounded to its remaining length, so no read ever takes bytes of the next message:
+//! that next message's first byte may carry descriptors, and only `recvmsg` collects those.
+//!
+//! # Descriptors
+//!
+//! A sender attaches a message's descriptors to its first byte. The kernel ends a read right
+//! after data that carries descriptors, so descriptors received by one `recvmsg` belong to
+//! the last message that starts among the bytes of that read. Each batch is kept with the
+//! stream range it was read with, and a message claims the batches whose range contains its
+//! first byte and ends inside the message.
+//!
+//! # Waiting
+//!
+//! When the process may run on more than one CPU, a receive that finds nothing spins briefly
+//! (non-blocking receives) before it sleeps: waking a process on another CPU costs tens of
+//! microseconds on the machines this was measured on, more than a quick peer takes to
+//! answer. The spin turns itself off after repeated misses and back on later.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+
+use super::ConnectionError;
+use super::framing::{self, HEADER_MAX, Header};
+use crate::sys;
+
+/// The read buffer's size.
+const READ_BUF: usize = 64 * 1024;
+
+/// A message announced as longer than this is not trusted with an allocation of its full
+/// length up front: its buffer grows as its bytes arrive.
+const TRUSTED_LEN: u64 = 256 << 20;
+
+/// How long a receive spins before sleeping, and how many misses in a row turn it off.
+const SPIN_FOR: Duration = Duration::from_micros(60);
+const SPIN_MISSES_OFF: u32 = 4;
+/// Receives that sleep without trying to spin once spinning is off.
+const SPIN_REST: u32 = 64;
+
+/// The default limit on one message's length (see [`Connection::set_max_message_size`]).
+///
+/// [`Connection::set_max_message_size`]: super::Connection::set_max_message_size
+pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 34;
+
+#[derive(Debug)]
+struct Spin {
+    enabled: bool,
+    misses: u32,
+    rest: u32,
+}
+
+impl Spin {
+    fn new() -> Self {
+        Self {
+            enabled: sys::cpus_allowed() > 1,
+            misses: 0,
+            rest: 0,
+        }
+    }
+
+    fn should_spin(&mut self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.rest > 0 {
+            self.rest -= 1;
+            return false;
+        }
+        true
+    }
+
+    fn hit(&mut self) {
+        self.misses = 0;
+    }
+
+    fn miss(&mut self) {
+        self.misses += 1;
+        if self.misses >= SPIN_MISSES_OFF {
+            self.misses = 0;
+            self.rest = SPIN_REST;
+        }
+    }
+}
+
+/// A message too large for the read buffer, being read into its own storage.
+#[derive(Debug)]
+struct Partial {
+    bytes: Vec<u8>,
+    filled: usize,
+    len: usize,
+    fds: Vec<OwnedFd>,
+}
+
+impl Partial {
+    fn empty() -> Self {
+        Self {
+            bytes: Vec::new(),
+            filled: 0,
+            len: 0,
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// A received message: where its payload is, and the descriptors that came with it.
+pub(crate) struct Received<'a> {
+    pub(crate) payload: Payload<'a>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// A payload, borrowed from the read buffer or owned.
+pub(crate) enum Payload<'a> {
+    Buffered(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Buffered(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Buffered(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+/// One end of a connection.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    sock: OwnedFd,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream offset of `buf[start]`.
+    pos: u64,
+    /// Received descriptors, with the stream range of the read that brought them.
+    fds: Vec<(u64, u64, OwnedFd)>,
+    partial: Option<Partial>,
+    eof: bool,
+    spin: Spin,
+    pub(crate) max_message: u64,
+}
+
+impl Endpoint {
+    pub(crate) fn new(sock: OwnedFd) -> Self {
+        Self {
+            sock,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            pos: 0,
+            fds: Vec::new(),
+            partial: None,
+            eof: false,
+            spin: Spin::new(),
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+
+    /// An endpoint resumed from another process, with the bytes it had read but not
+    /// consumed.
+    pub(crate) fn with_pending(sock: OwnedFd, pending: &[u8]) -> Self {
+        let mut e = Self::new(sock);
+        if !pending.is_empty() {
+            e.buf = vec![0; READ_BUF.max(pending.len())];
+            e.buf[..pending.len()].copy_from_slice(pending);
+            e.end = pending.len();
+        }
+        e
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Bytes read from the socket and not yet consumed (they travel with the endpoint when
+    /// it is sent to another process). `None` if that cannot be expressed: a large message
+    /// half read, or descriptors received and not yet claimed.
+    pub(crate) fn pending(&self) -> Option<&[u8]> {
+        if self.partial.is_some() || !self.fds.is_empty() {
+            return None;
+        }
+        Some(&self.buf[self.start..self.end])
+    }
+
+    /// Whether a receive would return at once: a whole message is buffered, or the peer has
+    /// closed (end of file is "ready", as in CPython's `wait`).
+    pub(crate) fn ready_now(&self) -> bool {
+        if self.eof {
+            return true;
+        }
+        if self.partial.is_some() {
+            return false;
+        }
+        match framing::parse_header(&self.buf[self.start..self.end]) {
+            Ok(Header::Complete { size, len }) => {
+                (self.end - self.start) as u64 >= size as u64 + len || len > self.max_message
+            }
+            Ok(Header::Incomplete) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// True when a message (or end of file) is ready now or arrives before the deadline.
+    pub(crate) fn poll(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        if self.ready_now() || !self.buf_is_empty() {
+            return Ok(true);
+        }
+        sys::wait_ready(self.fd(), PollFlags::IN, deadline)
+    }
+
+    fn buf_is_empty(&self) -> bool {
+        self.start == self.end && self.partial.is_none()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sending
+
+    /// Sends one message: the header for `payload_len` bytes, then `parts` (whose lengths
+    /// add up to it), with `fds` attached to its first byte.
+    pub(crate) fn send(
+        &self,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<(), ConnectionError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut header = [0u8; HEADER_MAX];
+        let at = framing::write_header(len as u64, &mut header);
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(&header[at..]);
+        all.extend_from_slice(parts);
+        sys::send_all(self.fd(), &all, fds, deadline).map_err(ConnectionError::from_send)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Receiving
+
+    /// Receives the next message whole, waiting at most until the deadline. `limit` (at most
+    /// the endpoint's own maximum) bounds its length.
+    pub(crate) fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+        limit: Option<u64>,
+    ) -> Result<Received<'_>, ConnectionError> {
+        if self.partial.is_none() {
+            let (size, len) = self.next_header(deadline, limit)?;
+            let total = size + len as usize;
+            if len as usize + size <= READ_BUF {
+                while self.end - self.start < total {
+                    self.fill(deadline)?;
+                    if self.eof && self.end - self.start < total {
+                        return Err(ConnectionError::EofDuringMessage);
+                    }
+                }
+                let fds = self.consume(total);
+                let from = self.start - total + size;
+                return Ok(Received {
+                    payload: Payload::Buffered(&self.buf[from..from + len as usize]),
+                    fds,
+                });
+            }
+            self.start_partial(size, len);
+        }
+        self.finish_partial(deadline)
+    }
+
+    /// Receives the next message into `out` if it fits (returning its length), or whole
+    /// (returning it, for the caller's "buffer too short" error). Blocks until it is here.
+    pub(crate) fn recv_into(
+        &mut self,
+        out: &mut [u8],
+    ) -> Result<Result<usize, Vec<u8>>, ConnectionError> {
+        if self.partial.is_some() {
+            let got = self.finish_partial(None)?;
+            return Ok(copy_or_return(got.payload.into_vec(), out));
+        }
+        let (size, len) = self.next_header(None, None)?;
+        if len > out.len() as u64 || len as usize + size <= READ_BUF {
+            // Too short (the caller gets the whole message) or small: the usual path.
+            self.start_partial_if_large(size, len);
+            let got = if self.partial.is_some() {
+                self.finish_partial(None)?.payload.into_vec()
+            } else {
+                self.recv(None, None)?.payload.into_vec()
+            };
+            return Ok(copy_or_return(got, out));
+        }
+        // Large and fits: read straight into the caller's buffer.
+        let len = len as usize;
+        let buffered = (self.end - self.start - size).min(len);
+        out[..buffered].copy_from_slice(&self.buf[self.start + size..self.start + size + buffered]);
+        let fds = self.consume(size + buffered);
+        drop(fds);
+        let mut filled = buffered;
+        while filled < len {
+            let n = sys::read_some(self.fd(), &mut out[filled..len], true)?;
+            if n == 0 {
+                self.eof = true;
+                return Err(ConnectionError::EofDuringMessage);
+            }
+            filled += n;
+            self.pos += n as u64;
+        }
+        Ok(Ok(len))
+    }
+
+    fn start_partial_if_large(&mut self, size: usize, len: u64) {
+        if len as usize + size > READ_BUF {
+            self.start_partial(size, len);
+        }
+    }
+
+    /// Moves the start of a large message out of the read buffer into its own storage.
+    fn start_partial(&mut self, size: usize, len: u64) {
+        let len = len as usize;
+        let buffered = (self.end - self.start - size).min(len);
+        let first = len.min(TRUSTED_LEN as usize).max(buffered);
+        let mut bytes = vec![0u8; first];
+        bytes[..buffered]
+            .copy_from_slice(&self.buf[self.start + size..self.start + size + buffered]);
+        let fds = self.consume(size + buffered);
+        self.partial = Some(Partial {
+            bytes,
+            filled: buffered,
+            len,
+            fds,
+        });
+    }
+
+    /// Reads the rest of a large message, resumable if the deadline passes.
+    fn finish_partial(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Received<'_>, ConnectionError> {
+        loop {
+            let Some(p) = self.partial.as_mut() else {
+                return Err(ConnectionError::Io(io::Error::other(
+                    "no message under way",
+                )));
+            };
+            if p.filled == p.len {
+                let p = std::mem::replace(p, Partial::empty());
+                self.partial = None;
+                let mut bytes = p.bytes;
+                bytes.truncate(p.len);
+                return Ok(Received {
+                    payload: Payload::Owned(bytes),
+                    fds: p.fds,
+                });
+            }
+            if p.filled == p.bytes.len() {
+                // An untrusted length: grow as the bytes arrive.
+                let grown = (p.bytes.len() * 2).min(p.len);
+                p.bytes.resize(grown, 0);
+            }
+            let room = &mut p.bytes[p.filled..];
+            let n = match deadline {
+                None => sys::read_some(self.sock.as_fd(), room, true)?,
+                Some(_) => match sys::read_some(self.sock.as_fd(), room, false) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if !sys::wait_ready(self.sock.as_fd(), PollFlags::IN, deadline)? {
+                            return Err(ConnectionError::Timeout);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if n == 0 {
+                self.eof = true;
+                self.partial = None;
+                return Err(ConnectionError::EofDuringMessage);
+            }
+            p.filled += n;
+            self.pos += n as u64;
+        }
+    }
+
+    /// Waits until the next message's header is buffered; returns its size and the
+    /// payload's length.
+    fn next_header(
+        &mut self,
+        deadline: Option<Instant>,
+        limit: Option<u64>,
+    ) -> Result<(usize, u64), ConnectionError> {
+        loop {
+            match framing::parse_header(&self.buf[self.start..self.end]) {
+                Ok(Header::Complete { size, len }) => {
+                    if let Some(limit) = limit {
+                        if len > limit {
+                            return Err(ConnectionError::BadMessageLength);
+                        }
+                    }
+                    if len > self.max_message {
+                        return Err(ConnectionError::TooLarge {
+                            len,
+                            max: self.max_message,
+                        });
+                    }
+                    return Ok((size, len));
+                }
+                Ok(Header::Incomplete) => {
+                    if self.eof {
+                        return Err(if self.start == self.end {
+                            ConnectionError::Eof
+                        } else {
+                            ConnectionError::EofDuringMessage
+                        });
+                    }
+                    self.fill(deadline)?;
+                }
+                Err(e) => return Err(ConnectionError::CorruptHeader(e.0)),
+            }
+        }
+    }
+
+    /// Marks `n` buffered bytes (one whole message, or the start of one) consumed and
+    /// returns the descriptors that came with that message.
+    fn consume(&mut self, n: usize) -> Vec<OwnedFd> {
+        let first = self.pos;
+        self.start += n;
+        self.pos += n as u64;
+        if self.fds.is_empty() {
+            return Vec::new();
+        }
+        let last = self.pos;
+        let mut mine = Vec::new();
+        let mut keep = Vec::new();
+        for (s, e, fd) in self.fds.drain(..) {
+            if (s..e).contains(&first) && e <= last.max(first + 1) {
+                mine.push(fd);
+            } else if e > last {
+                keep.push((s, e, fd));
+            }
+            // Otherwise it was read with bytes of this message but belongs to none left.
+        }
+        self.fds = keep;
+        mine
+    }
+
+    /// Reads once more (spinning first if that pays), waiting at most until the deadline.
+    /// Sets `eof` at end of file.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), ConnectionError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() || self.buf.len() - self.end < HEADER_MAX {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; READ_BUF];
+        }
+        let mut got = Vec::new();
+        let n = self.read_when_ready(deadline, &mut got)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        let at = self.pos + (self.end - self.start) as u64;
+        let range_end = at + n.max(1) as u64;
+        self.fds
+            .extend(got.into_iter().map(|fd| (at, range_end, fd)));
+        self.end += n;
+        Ok(())
+    }
+
+    fn read_when_ready(
+        &mut self,
+        deadline: Option<Instant>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<usize, ConnectionError> {
+        let sock = self.sock.as_fd();
+        let room = &mut self.buf[self.end..];
+        if self.spin.should_spin() {
+            let until = Instant::now() + SPIN_FOR;
+            loop {
+                match sys::recv_some(sock, room, fds, false) {
+                    Ok(n) => {
+                        self.spin.hit();
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            self.spin.miss();
+        }
+        if deadline.is_none() {
+            return Ok(sys::recv_some(sock, room, fds, true)?);
+        }
+        loop {
+            if !sys::wait_ready(sock, PollFlags::IN, deadline)? {
+                return Err(ConnectionError::Timeout);
+            }
+            match sys::recv_some(sock, room, fds, false) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn copy_or_return(bytes: Vec<u8>, out: &mut [u8]) -> Result<usize, Vec<u8>> {
+    if bytes.len() > out.len() {
+        return Err(bytes);
+    }
+    out[..bytes.len()].copy_from_slice(&bytes);
+    Ok(bytes.len())
+}
