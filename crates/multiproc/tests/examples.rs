@@ -9,8 +9,9 @@
 mod common;
 
 use common::wait_until;
+use multiproc::connection::{Address, AuthenticationError, Client, ConnectionError};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{OnceLock, mpsc};
@@ -626,4 +627,434 @@ fn tour_main_job() {
         "{}",
         run.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections: S07, S17, S18, S19 and the echo server.
+
+/// Whether `python3` runs here (the CPython interop checks are skipped, with a note, if not).
+fn have_python3() -> bool {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: `python3` is not installed, so the CPython side is not checked");
+    }
+    found
+}
+
+/// Runs `python3 -c script args...` to its end, within [`RUN_LIMIT`].
+fn run_python(script: &str, args: &[&str]) -> Run {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    run_command(cmd, "python3")
+}
+
+#[test]
+fn s07_pipe() {
+    let run = run_example("pipe", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.lines(),
+        [
+            "poll before the child sends: false",
+            "poll once the child has sent: true",
+            "parent received [42, None, 'hello']",
+            "poll after recv: false",
+            "child received 'a'",
+            "child received ['b', 'c']",
+            "child exitcode: Some(0)",
+            "one-way ends: reader readable=true writable=false, writer readable=false writable=true",
+            "the one-way pipe carried 'one way'",
+            "send on the reading end: error: connection is read-only",
+            "recv on the writing end: error: connection is write-only",
+        ]
+    );
+}
+
+#[test]
+fn s17_listener_client() {
+    let run = run_example("listener_client", &[]);
+    run.assert_success();
+    let lines = run.lines();
+    let listening = run.after("listening on ");
+    let (address, family) = listening.split_once(' ').expect("address and family");
+    assert_eq!(family, "(AF_INET)");
+    let port: u16 = parse(address.rsplit_once(':').expect("host:port").1);
+    assert_ne!(port, 0, "the actual port is printed");
+    let peer = run.after("connection accepted from ");
+    assert!(
+        peer.starts_with("127.0.0.1:") || peer.starts_with("[::1]:"),
+        "{peer}"
+    );
+    assert_eq!(
+        lines[2..],
+        [
+            "client received [2.25, None, 'junk', <class 'float'>]",
+            "client received b'hello'",
+            "client recv_bytes_into read 8 bytes",
+            "client buffer: array('i', [42, 1729, 0, 0, 0])",
+            "client exitcode: Some(0)",
+            "wrong authkey, listener side: error: digest received was wrong",
+            "wrong authkey, client side: error: digest sent was rejected",
+            "wrong port: error: Connection refused (os error 111) (ConnectionRefused)",
+        ]
+    );
+}
+
+#[test]
+fn s17_listener_client_cpython() {
+    if !have_python3() {
+        return;
+    }
+    let run = run_example("listener_client_cpython", &[]);
+    run.assert_success();
+    let lines = run.lines();
+    assert!(
+        lines[0].starts_with("listening on 127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "connection accepted",
+            "python received [2.25, None, 'junk', 'float']",
+            "python received b'hello'",
+            "python recv_bytes_into read 8",
+            "python buffer array('i', [42, 1729, 0, 0, 0])",
+            r#"rust received Reply { greeting: "hello from CPython", sum: 1771, nothing: None }"#,
+            r#"rust received the object back: [Float(2.25), None, Str("junk"), Str("float")]"#,
+            "the same as sent: true",
+            "python exited with exit status: 0",
+            "wrong authkey, python side: AuthenticationError: digest sent was rejected",
+            "wrong authkey, rust side: error: digest received was wrong",
+        ]
+    );
+}
+
+#[test]
+fn s18_wait_many() {
+    let run = run_example("wait_many", &[]);
+    run.assert_success();
+    let lines = run.lines();
+    let fds: Vec<i32> = lines[0]
+        .split(", ")
+        .map(|part| parse(part.split_once(": ").expect("name: fd").1))
+        .collect();
+    assert_eq!(fds.len(), 3, "{}", lines[0]);
+    assert_eq!(
+        lines[1..],
+        [
+            "receiving...",
+            "received r1: 100",
+            "receiving...",
+            "received r2: 200",
+            "receiving...",
+            "received r3: 300",
+            "receiving...",
+            "received r1: 400",
+            "receiving...",
+            "r1 closed: dropped",
+            "receiving...",
+            "r2 closed: dropped",
+            "receiving...",
+            "r3 closed: dropped",
+            "finished",
+            "child exitcode: Some(0)",
+            "acknowledged events: 7",
+        ]
+    );
+}
+
+#[test]
+fn s19_wait_eof() {
+    let run = run_example("wait_eof", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.lines(),
+        [
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+            "finished",
+            "child exitcode: Some(0)"
+        ]
+    );
+}
+
+/// A running `echo_server`, killed when dropped.
+struct EchoServer {
+    child: std::process::Child,
+    address: String,
+    stderr: Option<mpsc::Receiver<String>>,
+}
+
+impl EchoServer {
+    /// Starts `echo_server args...` and waits for its `listening on ADDRESS` line.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(example("echo_server"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start echo_server");
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = EchoServer {
+            child,
+            address: String::new(),
+            stderr: Some(stderr),
+        };
+        match lines.recv_timeout(RUN_LIMIT) {
+            Ok(line) => match line.strip_prefix("listening on ") {
+                Some(address) => server.address = address.to_owned(),
+                None => panic!("unexpected first line {line:?}; stderr:\n{}", server.stop()),
+            },
+            Err(_) => panic!(
+                "echo_server never said it listens; stderr:\n{}",
+                server.stop()
+            ),
+        }
+        server
+    }
+
+    /// Kills the server and returns what it wrote on stderr.
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = wait_until(&mut self.child, Instant::now() + END_LIMIT, "echo_server");
+        self.stderr
+            .take()
+            .and_then(|rx| rx.recv_timeout(END_LIMIT).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let stderr = self.stop();
+        if !stderr.is_empty() {
+            eprintln!("--- echo_server stderr\n{stderr}");
+        }
+    }
+}
+
+/// Connects a Rust client with `key`.
+fn echo_client(
+    address: &str,
+    key: &[u8],
+) -> Result<multiproc::Connection<(), multiproc::codec::Postcard>, ConnectionError> {
+    Client::new(address).authkey(key).connect()
+}
+
+/// Echoes of several messages, from the empty one to 1 MiB, and of a value through `send` /
+/// `recv` (its encoded bytes come back unchanged).
+fn rust_client_echoes(address: &str, key: &[u8]) {
+    let mut conn = echo_client(address, key).expect("connect");
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let messages: [&[u8]; 5] = [b"hello", b"", &big, &[0], b"last"];
+    for m in messages {
+        conn.send_bytes(m).expect("send");
+    }
+    for m in messages {
+        assert_eq!(conn.recv_bytes().expect("echo"), m);
+    }
+    let mut conn: multiproc::Connection<Vec<String>> = conn.retype();
+    let value = vec!["a value".to_owned(), String::new()];
+    conn.send(&value).expect("send a value");
+    assert_eq!(conn.recv().expect("the value back"), value);
+}
+
+/// A client that writes bytes with no handshake and no framing (a length header of 2 GiB,
+/// then garbage) is dropped: its socket reaches end of file (or is reset).
+fn raw_garbage_client(address: &str) {
+    let timeout = Some(RUN_LIMIT);
+    let mut stream: Box<dyn ReadWrite> = match address.parse::<Address>().expect("address") {
+        Address::Tcp(sa) => {
+            let s = std::net::TcpStream::connect(sa).expect("connect");
+            s.set_read_timeout(timeout).expect("timeout");
+            Box::new(s)
+        }
+        Address::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+            s.set_read_timeout(timeout).expect("timeout");
+            Box::new(s)
+        }
+        other => panic!("unexpected address {other:?}"),
+    };
+    let _ = stream.write_all(b"\x7f\xff\xff\xffgarbage");
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not drop a garbage client: {e}"),
+    }
+    // What the server wrote before giving up: its challenge.
+    assert!(rest.is_empty() || rest.windows(11).any(|w| w == b"#CHALLENGE#"));
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// CPython's client: echoes of several messages (empty and 1 MiB included), of an object
+/// (pickled by `send`, unpickled by `recv`), then clients the server must drop: a wrong key,
+/// and after a good handshake a length header over the server's limit and a corrupt one.
+const PYTHON_ECHO_CLIENT: &str = r#"
+import struct, sys
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+
+address, key = sys.argv[1], sys.argv[2].encode()
+if not address.startswith('/'):
+    host, port = address.rsplit(':', 1)
+    address = (host, int(port))
+
+with Client(address, authkey=key) as c:
+    for m in [b'hello', b'', bytes(range(256)) * 4096, b'x']:
+        c.send_bytes(m)
+        assert c.recv_bytes() == m, len(m)
+    c.send([1, 'two', None, 2.5])
+    assert c.recv() == [1, 'two', None, 2.5]
+print('python echoes: ok', flush=True)
+
+try:
+    Client(address, authkey=b'not ' + key)
+    print('wrong key: connected?!')
+except AuthenticationError as e:
+    print('wrong key:', e, flush=True)
+
+for name, header in [('huge', struct.pack('!i', 0x7fffffff)),
+                     ('huge64', struct.pack('!iQ', -1, 1 << 62)),
+                     ('corrupt', struct.pack('!i', -2))]:
+    with Client(address, authkey=key) as c:
+        c._send(header)
+        try:
+            c.recv_bytes()
+            print(name + ': echoed?!')
+        except (EOFError, ConnectionResetError) as e:
+            print(name + ': dropped', flush=True)
+"#;
+
+/// Drives a running echo server at `address` with every kind of client, in turn, checking
+/// after each bad one that the next good one is served.
+fn exercise_echo_server(server: &mut EchoServer, key: &str) {
+    let address = server.address.clone();
+    rust_client_echoes(&address, key.as_bytes());
+
+    let err = echo_client(&address, b"wrong key").expect_err("a wrong key must fail");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::Authentication(AuthenticationError::DigestRejected)
+        ),
+        "{err}"
+    );
+    rust_client_echoes(&address, key.as_bytes());
+
+    raw_garbage_client(&address);
+    rust_client_echoes(&address, key.as_bytes());
+
+    if have_python3() {
+        let run = run_python(PYTHON_ECHO_CLIENT, &[&address, key]);
+        run.assert_success();
+        assert_eq!(
+            run.lines(),
+            [
+                "python echoes: ok",
+                "wrong key: digest sent was rejected",
+                "huge: dropped",
+                "huge64: dropped",
+                "corrupt: dropped",
+            ]
+        );
+        rust_client_echoes(&address, key.as_bytes());
+    }
+
+    let log = server.stop();
+    eprintln!("--- echo_server stderr\n{log}");
+    for expected in [
+        "echoed 6 message(s), client closed",
+        "refused a client: digest received was wrong",
+        "refused a client: authentication failed",
+    ] {
+        assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+    }
+    if have_python3() {
+        for expected in [
+            "dropped: message of 2147483647 bytes exceeds this connection's maximum of 67108864 bytes",
+            "dropped: message of 4611686018427387904 bytes exceeds",
+            "dropped: corrupt message header (length -2)",
+        ] {
+            assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn echo_server_unix_socket() {
+    let dir = scratch_dir("echo_server_unix");
+    let path = dir.join("echo.sock");
+    let path = path.to_str().expect("a UTF-8 temp path");
+    let mut server = EchoServer::start(&[path, "secret password"]);
+    assert_eq!(server.address, path);
+    exercise_echo_server(&mut server, "secret password");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn echo_server_tcp() {
+    let mut server = EchoServer::start(&["127.0.0.1:0", "secret password"]);
+    let port: u16 = parse(
+        server
+            .address
+            .strip_prefix("127.0.0.1:")
+            .unwrap_or_else(|| panic!("not a TCP address: {}", server.address)),
+    );
+    assert_ne!(port, 0, "the actual port is printed");
+    exercise_echo_server(&mut server, "secret password");
+}
+
+#[test]
+fn echo_server_once() {
+    let mut server = EchoServer::start(&["127.0.0.1:0", "k", "--once"]);
+    rust_client_echoes(&server.address, b"k");
+    let status = wait_until(
+        &mut server.child,
+        Instant::now() + RUN_LIMIT,
+        "echo_server --once",
+    );
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn echo_server_bad_arguments() {
+    for args in [
+        &[][..],
+        &["127.0.0.1:0"],
+        &["a", "b", "c"],
+        &["", "key"],
+        &["x:0", "k", "--twice"],
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let run = run_example("echo_server", &args);
+        assert_eq!(run.status.code(), Some(2), "{args:?}");
+        assert!(
+            run.stderr.contains("usage: echo_server ADDRESS AUTHKEY"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
 }
