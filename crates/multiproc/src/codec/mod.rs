@@ -14,7 +14,7 @@ pub(crate) mod fds;
 mod pickle;
 
 pub use fds::Descriptor;
-pub use pickle::Pickle;
+pub use pickle::{Pickle, PyValue};
 
 use serde::{Serialize, de::DeserializeOwned};
 
