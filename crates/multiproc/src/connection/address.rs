@@ -26,9 +26,12 @@ use std::str::FromStr;
 /// assert!(matches!("/tmp/app.sock".parse::<Address>()?, Address::Unix(_)));
 /// assert!(matches!("@app".parse::<Address>()?, Address::Abstract(_)));
 /// assert_eq!("@app".parse::<Address>()?.to_string(), "@app");
+/// // An address can be a Process argument or a message.
+/// let bytes = postcard::to_stdvec(&"127.0.0.1:80".parse::<Address>()?).unwrap();
+/// assert!(!bytes.is_empty());
 /// # Ok::<(), multiproc::connection::AddressError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Address {
     /// A socket file in the file system.
     Unix(PathBuf),

@@ -24,8 +24,10 @@
 //! microseconds on the machines this was measured on, more than a quick peer takes to
 //! answer. The spin turns itself off after repeated misses and back on later.
 
+use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
@@ -157,8 +159,38 @@ pub(crate) struct Endpoint {
     pub(crate) max_message: u64,
 }
 
+/// The descriptors of every open endpoint of this process. A `fork` child points them at
+/// `/dev/null` before it runs its target (see [`after_fork_in_child`]): otherwise it would
+/// hold the parent's ends of every pipe open, and a peer waiting for end of file would wait
+/// for the child too (CPython's classic fork trap). A child's own connections reach it as
+/// arguments, in descriptors of their own.
+static OPEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+fn open_fds() -> MutexGuard<'static, BTreeSet<RawFd>> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held across `fork` (see `start/fork.rs`), so the set is consistent in the child.
+pub(crate) fn lock_open() -> MutexGuard<'static, BTreeSet<RawFd>> {
+    open_fds()
+}
+
+/// In a fork child: the parent's connections are not the child's.
+pub(crate) fn after_fork_in_child(open: &mut BTreeSet<RawFd>) {
+    for fd in std::mem::take(open) {
+        sys::neutralize_fd(fd);
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        open_fds().remove(&self.sock.as_raw_fd());
+    }
+}
+
 impl Endpoint {
     pub(crate) fn new(sock: OwnedFd) -> Self {
+        open_fds().insert(sock.as_raw_fd());
         Self {
             sock,
             buf: Vec::new(),

@@ -182,6 +182,11 @@ fn private_socket_path() -> Result<(PathBuf, PathBuf), ConnectionError> {
 /// `accept` return an error after at most the handshake timeout; the listener goes on
 /// serving the next client.
 ///
+/// The handshake needs both sides at once: `Client::connect` and `accept` must run in
+/// different threads or processes (CPython code that calls `Client(...)` before `accept()` in
+/// one thread works only without an authkey; here, add `no_authentication()` on both sides
+/// for that, or connect from a thread).
+///
 /// # Examples
 ///
 /// ```

@@ -2,12 +2,12 @@
 //! authentication, and [`wait`], byte-for-byte compatible with CPython's.
 //!
 //! - **Framing** is CPython's: a 4-byte big-endian length, or `-1` and an 8-byte length for
-//!   payloads over 2 GiB ([`framing`]). A Rust program and a Python program can talk through
+//!   payloads over 2 GiB. A Rust program and a Python program can talk through
 //!   a [`Listener`]/[`Client`] pair in either direction; `send_bytes`/`recv_bytes` carry raw
 //!   bytes, and `send`/`recv` carry values in the connection's [codec](crate::codec): the
 //!   default [`Postcard`] between Rust processes, [`Pickle`](crate::codec::Pickle) for a
 //!   CPython peer.
-//! - **Authentication** is CPython's mutual HMAC challenge ([`auth`]), with every digest
+//! - **Authentication** is CPython's mutual HMAC challenge (see [`AuthenticationError`]), with every digest
 //!   CPython 3.12+ accepts and the legacy HMAC-MD5 of 3.11, and a timeout CPython lacks.
 //! - **Connections go anywhere**: a `Connection` is `Serialize + Deserialize` with the
 //!   default codec, so an end can be a Process argument or travel inside a message on another
@@ -35,7 +35,7 @@
 
 mod address;
 pub(crate) mod auth;
-mod endpoint;
+pub(crate) mod endpoint;
 pub(crate) mod framing;
 mod listener;
 mod wait;
@@ -50,7 +50,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwn
 pub use address::{Address, AddressError, ToAddress};
 pub use auth::{AuthenticationError, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use endpoint::DEFAULT_MAX_MESSAGE;
-pub use listener::{Client, Listener};
+pub use listener::{Client, Listener, ListenerBuilder};
 pub use wait::{Waitable, wait};
 
 use crate::codec::{Codec, CodecError, Postcard, fds};
@@ -671,8 +671,44 @@ impl<T: Serialize, C: Codec> Connection<T, C> {
     pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), ConnectionError> {
         self.send_inner(value, Some(Instant::now() + timeout))
     }
+}
 
-    fn send_inner(&mut self, value: &T, deadline: Option<Instant>) -> Result<(), ConnectionError> {
+impl<T, C: Codec> Connection<T, C> {
+    /// Sends a value of another type than the connection's `T` (for request/response
+    /// protocols whose two directions carry different types).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::pipe::<String>(true)?;
+    /// a.send(&"how many?".to_string())?;
+    /// assert_eq!(b.recv()?, "how many?");
+    /// b.send_as(&3u32)?;
+    /// assert_eq!(a.recv_as::<u32>()?, 3);
+    /// # Ok::<(), multiproc::connection::ConnectionError>(())
+    /// ```
+    pub fn send_as<U: Serialize + ?Sized>(&mut self, value: &U) -> Result<(), ConnectionError> {
+        self.send_inner(value, None)
+    }
+
+    /// Receives a value of another type than the connection's `T`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`recv`](Self::recv).
+    pub fn recv_as<U: DeserializeOwned>(&mut self) -> Result<U, ConnectionError> {
+        self.recv_inner(None)
+    }
+
+    fn send_inner<U: Serialize + ?Sized>(
+        &mut self,
+        value: &U,
+        deadline: Option<Instant>,
+    ) -> Result<(), ConnectionError> {
         self.writing()?;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
@@ -733,8 +769,13 @@ impl<T: DeserializeOwned, C: Codec> Connection<T, C> {
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, ConnectionError> {
         self.recv_inner(Some(Instant::now() + timeout))
     }
+}
 
-    fn recv_inner(&mut self, deadline: Option<Instant>) -> Result<T, ConnectionError> {
+impl<T, C: Codec> Connection<T, C> {
+    fn recv_inner<U: DeserializeOwned>(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<U, ConnectionError> {
         let r = self.reading()?.recv(deadline, None).and_then(|m| {
             let bytes = m.payload.as_slice();
             let value = if C::CARRIES_DESCRIPTORS {

@@ -242,6 +242,11 @@ impl<R: DeserializeOwned> Process<R> {
         };
         let child = start::launch(context.start_method(), &job)?;
         self.state = State::Started(child);
+        // The child has its own copies now; the parent's must not keep the other ends of
+        // its pipes open (a reader would never see end of file).
+        if let Ok((_, fds)) = &mut self.args {
+            fds.clear();
+        }
         Ok(())
     }
 

@@ -7,7 +7,8 @@
 //! those of standard output and error) is taken before the fork and released after it in
 //! both processes, and every one-time initialisation it may need is done before the fork,
 //! so the child finds all of them consistent; the child then forgets the parent's children
-//! and connections and becomes the new process. Locks held by *other* threads of the parent
+//! and connections (pointing their descriptors at `/dev/null`, so that a peer waiting for end
+//! of file does not wait for the child too) and becomes the new process. Locks held by *other* threads of the parent
 //! (the user's, or the allocator's in a libc without fork handlers) are the classic hazard of
 //! forking a multi-threaded process; that is why `fork` is never the default start method.
 #![allow(unsafe_code)]
@@ -19,6 +20,7 @@ use crate::start::{self, Job, forkserver};
 use crate::sys::{self, Forked};
 use std::sync::Arc;
 
+use crate::connection::endpoint;
 use crate::{bootstrap, callable, context};
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
@@ -33,7 +35,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     // Lock order: standard output and error (a fork child flushes them before it exits, and
     // must not find them held by a thread it does not have; taken first, because a thread may
     // hold them while it starts a process), then the launch window, then identity, registry,
-    // channel to parent, forkserver client, hook mode, chosen start method.
+    // channel to parent, forkserver client, hook mode, chosen start method, open connections.
     let stdout = std::io::stdout().lock();
     let stderr = std::io::stderr().lock();
     // No other launch has a channel end out of the registry while the window is held, and
@@ -47,6 +49,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     let mut client = forkserver::lock_client();
     let hook = bootstrap::lock_hook();
     let chosen = context::chosen();
+    let mut connections = endpoint::lock_open();
     // SAFETY:
     // - `fork` requires that the child touch no lock another thread might hold; before it
     //   runs the target, the child below only uses the locks held right here (consistent,
@@ -56,12 +59,22 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
         Ok(Forked::Child) => {
             registry::after_fork_in_child(&mut reg);
             forkserver::after_fork_in_child(&mut client);
+            endpoint::after_fork_in_child(&mut connections);
             // The parent's own channel to its parent is not ours.
             *to_parent = None;
             // Forgotten, not freed: see `registry::after_fork_in_child`.
             std::mem::forget(identity.replace(me));
             drop((
-                identity, reg, to_parent, client, hook, chosen, stdout, stderr, window,
+                identity,
+                reg,
+                to_parent,
+                client,
+                hook,
+                chosen,
+                connections,
+                stdout,
+                stderr,
+                window,
             ));
             drop(parent_end);
             let daemon = job.me.daemon;
@@ -76,7 +89,15 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
         }
         Ok(Forked::Parent(pid)) => {
             drop((
-                identity, reg, to_parent, client, hook, chosen, stdout, stderr,
+                identity,
+                reg,
+                to_parent,
+                client,
+                hook,
+                chosen,
+                connections,
+                stdout,
+                stderr,
             ));
             drop(child_end);
             let pidfd = match sys::pidfd_open(pid) {

@@ -228,7 +228,7 @@ fn to_address(any: SocketAddrAny) -> Address {
     match any.address_family() {
         AddressFamily::UNIX => match SocketAddrUnix::try_from(any) {
             Ok(u) => {
-                if let Some(name) = u.abstract_name() {
+                if let Some(name) = u.abstract_name().filter(|n| !n.is_empty()) {
                     Address::Abstract(name.to_vec())
                 } else if let Some(p) = u.path_bytes().filter(|p| !p.is_empty()) {
                     Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(p)))
