@@ -130,3 +130,61 @@ pub use process::{ChildProcess, Process, active_children};
 pub mod __private {
     pub use crate::bootstrap::test_hook;
 }
+
+/// Thin wrappers of the wire parsers for `fuzz/` (not part of the API).
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::connection::auth::{self, Digest};
+    use crate::connection::{AuthenticationError, framing};
+
+    /// `framing::parse_header`: `Ok(None)` if incomplete, `Ok(Some((size, len)))`, or
+    /// `Err(length)` for a corrupt header.
+    pub fn parse_header(buf: &[u8]) -> Result<Option<(usize, u64)>, i32> {
+        match framing::parse_header(buf) {
+            Ok(framing::Header::Incomplete) => Ok(None),
+            Ok(framing::Header::Complete { size, len }) => Ok(Some((size, len))),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    /// `framing::write_header`: the header for a payload of `len` bytes.
+    pub fn write_header(len: u64) -> Vec<u8> {
+        let mut h = [0; framing::HEADER_MAX];
+        let at = framing::write_header(len, &mut h);
+        h[at..].to_vec()
+    }
+
+    /// `auth::digest_and_payload`, the digest by name (`None`: legacy, bare MD5).
+    pub fn digest_and_payload(
+        message: &[u8],
+    ) -> Result<(Option<&'static str>, &[u8]), AuthenticationError> {
+        let (d, payload) = auth::digest_and_payload(message)?;
+        let name = d.map(|d| match d {
+            Digest::Md5 => "md5",
+            Digest::Sha256 => "sha256",
+            Digest::Sha384 => "sha384",
+            Digest::Sha3_256 => "sha3_256",
+            Digest::Sha3_384 => "sha3_384",
+        });
+        Ok((name, payload))
+    }
+
+    /// `auth::parse_challenge`.
+    pub fn parse_challenge(message: &[u8]) -> Result<&[u8], AuthenticationError> {
+        auth::parse_challenge(message)
+    }
+
+    /// `auth::response`.
+    pub fn response(authkey: &[u8], message: &[u8]) -> Result<Vec<u8>, AuthenticationError> {
+        auth::response(authkey, message)
+    }
+
+    /// `auth::verify`.
+    pub fn verify(
+        authkey: &[u8],
+        message: &[u8],
+        answer: &[u8],
+    ) -> Result<(), AuthenticationError> {
+        auth::verify(authkey, message, answer)
+    }
+}
