@@ -7,10 +7,13 @@
 //!    and carries on.
 //! 3. A runaway child is stopped by a timeout: `join_timeout`, then `kill`.
 //! 4. A panic comes back with its message and where it happened.
+//! 5. Workers stream partial counts back over one-way pipes as they go; `wait` takes whichever
+//!    pipe is ready, and end of file says a worker is done.
 
 use std::time::{Duration, Instant};
 
-use multiproc::{ChildError, Context, Process, ProcessError, StartMethod};
+use multiproc::connection::ConnectionError;
+use multiproc::{ChildError, Connection, Context, Process, ProcessError, StartMethod};
 
 /// Counts the primes in `[lo, hi)` by trial division: honest CPU work.
 fn count_primes((lo, hi): (u64, u64)) -> u64 {
@@ -28,6 +31,19 @@ fn crash_in_native_code(_: ()) {
 fn runaway(_: ()) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Counts the primes of its range in four chunks, sending each chunk's count as soon as it
+/// has it.
+fn report_progress((mut conn, (lo, hi)): (Connection<u64>, (u64, u64))) {
+    let chunk = (hi - lo).div_ceil(4).max(1);
+    let mut at = lo;
+    while at < hi {
+        let end = (at + chunk).min(hi);
+        conn.send(&count_primes((at, end)))
+            .expect("the parent reads");
+        at = end;
     }
 }
 
@@ -97,5 +113,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("   {e}");
     }
     println!("   exitcode {:?}", p.exitcode()?);
+
+    println!("5. workers stream partial counts over pipes; wait() takes whichever is ready:");
+    let step = limit.div_ceil(workers);
+    let mut readers = Vec::new();
+    for i in 0..workers {
+        let (reader, writer) = multiproc::pipe::<u64>(false)?;
+        let range = (i * step, ((i + 1) * step).min(limit));
+        Process::new(report_progress, (writer, range)).start()?;
+        readers.push(reader);
+    }
+    let (mut total, mut messages) = (0, 0);
+    while !readers.is_empty() {
+        // Highest index first, so removing a finished reader keeps the others' indices.
+        for i in multiproc::wait(&readers, Some(Duration::from_secs(60)))?
+            .into_iter()
+            .rev()
+        {
+            match readers[i].recv() {
+                Ok(count) => {
+                    total += count;
+                    messages += 1;
+                }
+                Err(ConnectionError::Eof) => drop(readers.swap_remove(i)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    println!("   {messages} messages from {workers} workers: {total} primes");
     Ok(())
 }

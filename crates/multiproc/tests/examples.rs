@@ -598,6 +598,11 @@ fn tour_main_job() {
             run.stdout
         );
     }
+    let streamed = lines
+        .iter()
+        .find(|l| l.contains(" messages from "))
+        .unwrap_or_else(|| panic!("no streaming line in:\n{}", run.stdout));
+    assert!(streamed.ends_with(": 17984 primes"), "{streamed}");
     for expected in [
         "the process was killed by signal 6 (SIGABRT)",
         "exitcode Some(-6); the parent carries on",
