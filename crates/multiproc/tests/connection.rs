@@ -765,3 +765,53 @@ fn wait_wakes_when_another_thread_closes_the_writer() {
     assert_eq!(wait(&[&r], Some(LONG)).unwrap(), [0]);
     closer.join().unwrap();
 }
+
+// -------------------------------------------------------------------------------------------
+// Found by fuzzing (fuzz/): each once misbehaved
+
+#[test]
+fn a_message_half_read_before_a_timeout_is_still_held_to_maxlength() {
+    let (mut w, r) = UnixStream::pair().unwrap();
+    let mut r: Connection<()> = Connection::from_socket(OwnedFd::from(r));
+    let len = 150_000usize;
+    w.write_all(&(len as u32).to_be_bytes()).unwrap();
+    w.write_all(&vec![b'a'; 70_000]).unwrap();
+    assert!(matches!(
+        r.recv_bytes_timeout(Duration::from_millis(1)),
+        Err(ConnectionError::Timeout)
+    ));
+    let rest = std::thread::spawn(move || w.write_all(&vec![b'a'; len - 70_000]));
+    assert!(matches!(
+        r.recv_bytes_max(16),
+        Err(ConnectionError::BadMessageLength)
+    ));
+    drop(r);
+    let _ = rest.join();
+}
+
+#[test]
+fn huge_announced_lengths_neither_overflow_nor_wrap() {
+    // A whole small message, then a long header announcing u64::MAX bytes, buffered
+    // together: `poll` (and `wait`) must not overflow adding the header's size.
+    let (mut w, r) = UnixStream::pair().unwrap();
+    let mut r: Connection<()> = Connection::from_socket(OwnedFd::from(r));
+    w.write_all(&[0, 0, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    w.write_all(&[0xff; 8]).unwrap();
+    assert_eq!(r.recv_bytes().unwrap(), b"a");
+    assert!(r.poll(Some(Duration::ZERO)).unwrap());
+    assert!(matches!(
+        r.recv_bytes(),
+        Err(ConnectionError::TooLarge { len: u64::MAX, .. })
+    ));
+    // With no limit at all, the length must not wrap into a small message either.
+    let (mut w, r) = UnixStream::pair().unwrap();
+    let mut r: Connection<()> = Connection::from_socket(OwnedFd::from(r));
+    r.set_max_message_size(u64::MAX);
+    w.write_all(&[0xff; 12]).unwrap();
+    drop(w);
+    assert!(matches!(
+        r.recv_bytes(),
+        Err(ConnectionError::EofDuringMessage)
+    ));
+}

@@ -242,7 +242,7 @@ impl Endpoint {
         }
         match framing::parse_header(&self.buf[self.start..self.end]) {
             Ok(Header::Complete { size, len }) => {
-                (self.end - self.start) as u64 >= size as u64 + len || len > self.max_message
+                len > self.max_message || fits_in(len, size, self.end - self.start)
             }
             Ok(Header::Incomplete) => false,
             Err(_) => true,
@@ -291,10 +291,17 @@ impl Endpoint {
         deadline: Option<Instant>,
         limit: Option<u64>,
     ) -> Result<Received<'_>, ConnectionError> {
+        if let (Some(p), Some(limit)) = (&self.partial, limit) {
+            // A message half read by a receive that timed out is still held to this call's
+            // limit.
+            if p.len as u64 > limit {
+                return Err(ConnectionError::BadMessageLength);
+            }
+        }
         if self.partial.is_none() {
             let (size, len) = self.next_header(deadline, limit)?;
-            let total = size + len as usize;
-            if len as usize + size <= READ_BUF {
+            if fits_in(len, size, READ_BUF) {
+                let total = size + len as usize;
                 while self.end - self.start < total {
                     self.fill(deadline)?;
                     if self.eof && self.end - self.start < total {
@@ -324,7 +331,7 @@ impl Endpoint {
             return Ok(copy_or_return(got.payload.into_vec(), out));
         }
         let (size, len) = self.next_header(None, None)?;
-        if len > out.len() as u64 || len as usize + size <= READ_BUF {
+        if len > out.len() as u64 || fits_in(len, size, READ_BUF) {
             // Too short (the caller gets the whole message) or small: the usual path.
             self.start_partial_if_large(size, len);
             let got = if self.partial.is_some() {
@@ -354,7 +361,7 @@ impl Endpoint {
     }
 
     fn start_partial_if_large(&mut self, size: usize, len: u64) {
-        if len as usize + size > READ_BUF {
+        if !fits_in(len, size, READ_BUF) {
             self.start_partial(size, len);
         }
     }
@@ -554,6 +561,13 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Whether a message of a `size`-byte header and `len` payload bytes fits in `room` bytes
+/// (without overflow, whatever length a peer announces).
+fn fits_in(len: u64, size: usize, room: usize) -> bool {
+    room.checked_sub(size)
+        .is_some_and(|left| len <= left as u64)
 }
 
 fn copy_or_return(bytes: Vec<u8>, out: &mut [u8]) -> Result<usize, Vec<u8>> {
