@@ -815,3 +815,89 @@ fn huge_announced_lengths_neither_overflow_nor_wrap() {
         Err(ConnectionError::EofDuringMessage)
     ));
 }
+
+// -------------------------------------------------------------------------------------------
+// Found in review: each once misbehaved
+
+/// Sends one value, closes its end, then waits (alive) until told to go.
+fn send_close_and_wait((mut conn, mut hold): (Connection<u8>, Connection<()>)) {
+    conn.send(&1).unwrap();
+    drop(conn);
+    let _ = hold.recv_bytes();
+}
+
+/// Waits (alive) until told to go.
+fn wait_for_go(mut hold: Connection<()>) {
+    let _ = hold.recv_bytes();
+}
+
+fn drop_it(conn: Connection<u8>) {
+    drop(conn);
+}
+
+#[multiproc::test]
+fn a_child_that_closes_its_end_gives_end_of_file_while_it_lives() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let (mut a, b) = multiproc::pipe::<u8>(true).unwrap();
+        let (mut go, hold) = multiproc::pipe::<()>(true).unwrap();
+        let p = start(ctx.process(send_close_and_wait, (b, hold)));
+        assert_eq!(a.recv_timeout(LONG).unwrap(), 1, "{m}");
+        let e = a.recv_timeout(LONG).unwrap_err();
+        assert!(matches!(e, ConnectionError::Eof), "{m}: {e:?}");
+        assert!(p.is_alive().unwrap(), "{m}");
+        go.send_bytes(b"go").unwrap();
+        finish(p);
+    });
+}
+
+#[multiproc::test]
+fn a_fork_child_does_not_keep_the_arguments_of_processes_not_yet_started() {
+    let ctx = get_context("fork").unwrap();
+    let (mut r, w) = multiproc::pipe::<u8>(false).unwrap();
+    let mut later = ctx.process(drop_it, w);
+    let (mut go, hold) = multiproc::pipe::<()>(true).unwrap();
+    let bystander = start(ctx.process(wait_for_go, hold));
+    later.start().unwrap();
+    assert!(later.join_timeout(LONG).unwrap());
+    let e = r.recv_timeout(LONG).unwrap_err();
+    assert!(matches!(e, ConnectionError::Eof), "{e:?}");
+    go.send_bytes(b"go").unwrap();
+    finish(bystander);
+}
+
+#[test]
+fn poll_after_a_timed_out_large_message_waits_for_more_bytes() {
+    let (mut w, r) = UnixStream::pair().unwrap();
+    let mut r: Connection<()> = Connection::from_socket(OwnedFd::from(r));
+    w.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+    w.write_all(&[0; 100_000]).unwrap();
+    assert!(matches!(
+        r.recv_bytes_timeout(Duration::from_millis(20)),
+        Err(ConnectionError::Timeout)
+    ));
+    assert!(!r.poll(Some(Duration::from_millis(30))).unwrap());
+    assert!(
+        wait(&[&r], Some(Duration::from_millis(30)))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_panicking_serialize_leaves_no_descriptor_scope_behind() {
+    struct Boom;
+    impl serde::Serialize for Boom {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("boom")
+        }
+    }
+    let (mut tx, _rx) = multiproc::pipe::<()>(true).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tx.send_as(&Boom)));
+    assert!(caught.is_err());
+    let (a, _b) = multiproc::pipe::<u8>(true).unwrap();
+    assert!(
+        postcard::to_stdvec(&a).is_err(),
+        "outside a scope a connection must not encode"
+    );
+}

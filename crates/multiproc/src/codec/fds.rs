@@ -27,7 +27,19 @@ thread_local! {
 /// descriptors the value holds, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    // Restores the outer scope even if `f` panics (a user's `Serialize` may), so no scope
+    // is left behind to swallow later descriptors.
+    struct Restore(Option<Option<Vec<OwnedFd>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                OUTGOING.with(|o| *o.borrow_mut() = outer);
+            }
+        }
+    }
+    let mut restore = Restore(Some(outer));
     let r = f();
+    let outer = restore.0.take().unwrap_or_default();
     let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
     (r, fds.unwrap_or_default())
 }
@@ -37,9 +49,17 @@ pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
     let table = fds.into_iter().map(Some).collect();
     let outer = INCOMING.with(|i| i.borrow_mut().replace(table));
-    let r = f();
-    INCOMING.with(|i| *i.borrow_mut() = outer);
-    r
+    // Restores the outer scope even if `f` panics.
+    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                INCOMING.with(|i| *i.borrow_mut() = outer);
+            }
+        }
+    }
+    let _restore = Restore(Some(outer));
+    f()
 }
 
 /// An owned descriptor that can be part of any value sent through multiproc: a Process

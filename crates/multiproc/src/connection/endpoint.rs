@@ -182,6 +182,37 @@ pub(crate) fn after_fork_in_child(open: &mut BTreeSet<RawFd>) {
     }
 }
 
+/// Descriptors this process holds on behalf of a child not yet started (a Process's encoded
+/// arguments). Like open connection ends, they are in [`OPEN`], so no fork child keeps them.
+#[derive(Debug, Default)]
+pub(crate) struct HeldFds(Vec<OwnedFd>);
+
+impl HeldFds {
+    pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
+        let mut open = open_fds();
+        open.extend(fds.iter().map(|fd| fd.as_raw_fd()));
+        Self(fds)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[OwnedFd] {
+        &self.0
+    }
+
+    /// Closes them.
+    pub(crate) fn clear(&mut self) {
+        let mut open = open_fds();
+        for fd in self.0.drain(..) {
+            open.remove(&fd.as_raw_fd());
+        }
+    }
+}
+
+impl Drop for HeldFds {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 impl Drop for Endpoint {
     fn drop(&mut self) {
         open_fds().remove(&self.sock.as_raw_fd());
@@ -251,14 +282,10 @@ impl Endpoint {
 
     /// True when a message (or end of file) is ready now or arrives before the deadline.
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        if self.ready_now() || !self.buf_is_empty() {
+        if self.ready_now() {
             return Ok(true);
         }
         sys::wait_ready(self.fd(), PollFlags::IN, deadline)
-    }
-
-    fn buf_is_empty(&self) -> bool {
-        self.start == self.end && self.partial.is_none()
     }
 
     // -----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::bootstrap::{self, Outcome};
 use crate::callable::Callable;
 use crate::codec::{self, CodecError};
+use crate::connection::endpoint::HeldFds;
 use crate::context::Context;
 use crate::error::{ChildError, ProcessError};
 use crate::start::{self, Job};
@@ -75,7 +76,7 @@ pub struct Process<R = ()> {
     callable: Callable,
     /// The encoded arguments and the descriptors they hold (connections and other shared
     /// objects travel as descriptors).
-    args: Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), CodecError>,
+    args: Result<(Vec<u8>, HeldFds), CodecError>,
     name: String,
     identity: Vec<u32>,
     daemon: bool,
@@ -117,7 +118,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             callable: Callable::new(target),
             args: {
                 let (bytes, fds) = crate::codec::fds::encoding(|| codec::encode(&args));
-                bytes.map(|b| (b, fds))
+                bytes.map(|b| (b, HeldFds::new(fds)))
             },
             name,
             identity,

@@ -57,6 +57,13 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     let forked = unsafe { sys::fork() };
     match forked {
         Ok(Forked::Child) => {
+            // Copies of its own argument descriptors first: the originals are held for the
+            // parent (in the set of open connection ends) and are neutralized just below.
+            let arg_fds: Vec<_> = job
+                .arg_fds
+                .iter()
+                .filter_map(|fd| fd.try_clone().ok())
+                .collect();
             registry::after_fork_in_child(&mut reg);
             forkserver::after_fork_in_child(&mut client);
             endpoint::after_fork_in_child(&mut connections);
@@ -78,13 +85,6 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
             ));
             drop(parent_end);
             let daemon = job.me.daemon;
-            // The parent's descriptors are inherited at the same numbers; the child decodes
-            // its arguments from copies it owns.
-            let arg_fds = job
-                .arg_fds
-                .iter()
-                .filter_map(|fd| fd.try_clone().ok())
-                .collect();
             bootstrap::run_child(job.callable, job.args, arg_fds, child_end, daemon)
         }
         Ok(Forked::Parent(pid)) => {
