@@ -74,7 +74,7 @@ def auth_seeds():
 
 
 # stream: [max] [n] [op; n] script; script tags F0..F7 (see fuzz_targets/stream.rs)
-MAX_1MIB, MAX_0, MAX_1, MAX_12, MAX_100 = 0, 1, 2, 3, 4
+MAX_1MIB, MAX_0, MAX_1, MAX_12, MAX_100, MAX_UNLIMITED = 0, 1, 2, 3, 4, 10
 RECV, RECV_MAX, INTO, POSTCARD, WITH_FDS, PICKLE, TIMED, TIMED_POSTCARD, POLL, INTO_LARGE = range(10)
 
 
@@ -129,6 +129,10 @@ def stream_seeds():
     stream("pause_large_then_into", MAX_1MIB, [op(TIMED), op(INTO, 2)],
            lit(header(150_000)) + b"\xf2a" + u24(70_000) + b"\xf6\xf2a" + u24(80_000))
     stream("poll_long_header_max", MAX_1MIB, [op(RECV), op(POLL)], lit(frame(b"a") + b"\xff" * 12))
+    # Unlimited (`set_max_message_size(u64::MAX)`): the longest length is no longer refused.
+    stream("unlimited_long_header_max", MAX_UNLIMITED, [op(RECV)], b"\xf4" + b"\xff" * 8)
+    stream("unlimited_long_header_max_recv_max", MAX_UNLIMITED, [op(RECV_MAX, 10)], b"\xf4" + b"\xff" * 8)
+    stream("unlimited_large", MAX_UNLIMITED, [op(RECV)], b"\xf3" + u24(200_000) + b"u" + f1(b"after"))
     stream("poll", MAX_1MIB, [op(POLL), op(RECV)], f1(b"p") + f1(b"q"))
     plain = bytes.fromhex("0705026869020102010" "1ac0201050" "2c3a901010101")
     stream("postcard_plain", MAX_1MIB, [op(POSTCARD)], f1(plain) + f1(b"\x00") + f1(plain + b"x"))

@@ -1,17 +1,18 @@
 //! The buffered reader end to end: a writer thread sends a scripted byte stream (with write
 //! boundaries, pauses and attached descriptors) into one end of a `UnixStream::pair()` and
-//! closes it; a `Connection` on the other end, with a small maximum message size, runs a
-//! scripted series of receives until an error ends it.
+//! closes it; a `Connection` on the other end, with a small maximum message size (or none:
+//! `u64::MAX`), runs a scripted series of receives until an error ends it.
 //!
 //! Checked for every receive, against a model that decodes the same bytes with CPython's
 //! framing: the payload (or the error: Eof, EofDuringMessage, TooLarge, CorruptHeader,
 //! BadMessageLength, BufferTooShort with the whole message) is the model's; a timed-out
 //! receive consumes nothing; `recv_bytes_into` writes nothing outside the message; decoded
 //! values are what the codec makes of the model's payload. Also: no panic, no hang (libFuzzer
-//! `-timeout`), no single allocation beyond the maximum message size plus fixed slack (none
-//! beyond the read buffer when a length is refused), and no descriptor leaked.
+//! `-timeout`), no single allocation beyond the maximum message size (at most the 256 MiB the
+//! library trusts an announced length with) plus fixed slack (none beyond the read buffer
+//! when a length is refused), and no descriptor leaked.
 //!
-//! Input: `[max] [n] [op; n] script...`, where the script is literal bytes except for these
+//! Input: `[max] [n] [op; n] script...` (`max` picks one of `MAXES`), where the script is literal bytes except for these
 //! tags: `F0 n bytes[n]` (escaped literal), `F1 len:u16 payload` (a framed message, cut short
 //! if the input is), `F2 byte count:u24` (a run of one byte), `F3 len:u24 byte` (a framed
 //! message of one repeated byte), `F4 len:u64` (a long header), `F5 k` (the next write
@@ -45,7 +46,7 @@ const MAXES: [u64; 11] = [
     65_536,
     70_000,
     300_000,
-    1 << 20,
+    u64::MAX,
 ];
 const LIMITS: [usize; 11] = [
     0,
@@ -74,6 +75,8 @@ const SIZES: [usize; 10] = [
 ];
 /// The read buffer's size in the library, for the allocation bounds.
 const READ_BUF: usize = 64 * 1024;
+/// The most the library allocates up front for a message on its announced length alone.
+const TRUSTED_LEN: usize = 256 << 20;
 /// What serde preallocates at most for a sequence whose length the input claims.
 const SERDE_CAUTIOUS: usize = 1 << 20;
 const MAX_STREAM: usize = 4 << 20;
@@ -318,18 +321,9 @@ struct Model<'a> {
     max: u64,
     /// The last receive refused a length (no allocation for it may exceed the read buffer).
     refused: bool,
-    /// A timed receive gave up on the next message, which is too large for the read buffer,
-    /// so the library may hold it half read (see `KNOWN ISSUE` below).
-    maybe_partial: bool,
 }
 
 impl Model<'_> {
-    fn timed_out(&mut self) {
-        if let Header::Message { size, len } = model::header(&self.bytes[self.pos..]) {
-            self.maybe_partial |= len <= self.max && size as u64 + len > READ_BUF as u64;
-        }
-    }
-
     fn next(&self, limit: Option<u64>) -> Expect {
         let rest = &self.bytes[self.pos..];
         match model::header(rest) {
@@ -339,7 +333,7 @@ impl Model<'_> {
             Header::Message { len, .. } if limit.is_some_and(|l| len > l) => Expect::BadLength,
             Header::Message { len, .. } if len > self.max => Expect::TooLarge(len),
             Header::Message { size, len } => {
-                if (rest.len() as u64) < size as u64 + len {
+                if ((rest.len() - size) as u64) < len {
                     Expect::EofDuringMessage
                 } else {
                     let from = self.pos + size;
@@ -348,11 +342,6 @@ impl Model<'_> {
             }
         }
     }
-}
-
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("MULTIPROC_FUZZ_STRICT").is_some_and(|v| v == "1"))
 }
 
 /// How the run goes on after a receive.
@@ -371,18 +360,7 @@ fn check(
     got: Result<&[u8], &ConnectionError>,
     what: &str,
 ) -> Then {
-    let mut expect = m.next(limit);
-    // KNOWN ISSUE (reported; `MULTIPROC_FUZZ_STRICT=1` turns this tolerance off): once a
-    // timed receive has started reading a message larger than the read buffer and timed out,
-    // the next receive finishes it without checking its length against `recv_bytes_max`'s
-    // `maxlength`. Accept that as a receive without a limit (and the right answer too).
-    if expect == Expect::BadLength
-        && m.maybe_partial
-        && !strict()
-        && !matches!(got, Err(ConnectionError::BadMessageLength))
-    {
-        expect = m.next(None);
-    }
+    let expect = m.next(limit);
     let ctx = || {
         format!(
             "{what}: model expects {expect:?} at stream offset {}",
@@ -393,7 +371,6 @@ fn check(
         (Expect::Message(from, to), Ok(p)) => {
             assert!(p == &m.bytes[*from..*to], "{}: payload differs", ctx());
             m.pos = *to;
-            m.maybe_partial = false;
             Then::Continue
         }
         (Expect::Message(from, to), Err(ConnectionError::BufferTooShort(whole))) => {
@@ -454,7 +431,6 @@ fuzz_target!(|data: &[u8]| {
         pos: 0,
         max,
         refused: false,
-        maybe_partial: false,
     };
     let mut into_buf = Vec::new();
     let mut timeouts = 0;
@@ -568,22 +544,11 @@ fuzz_target!(|data: &[u8]| {
                 6 => {
                     let r = slot.as_mut().unwrap().recv_bytes_timeout(timeout);
                     match r {
-                        Err(ConnectionError::Timeout) => {
-                            m.timed_out();
-                            Then::Continue
-                        }
+                        Err(ConnectionError::Timeout) => Then::Continue,
                         r => check(&mut m, None, r.as_deref(), &what),
                     }
                 }
                 8 => {
-                    // KNOWN ISSUE (reported; off with `MULTIPROC_FUZZ_STRICT=1`): `poll`
-                    // adds the header size to a buffered length near `u64::MAX` and
-                    // overflows (a panic with overflow checks on).
-                    if let Header::Message { len, .. } = model::header(&m.bytes[m.pos..]) {
-                        if len > u64::MAX - 12 && !strict() {
-                            return Then::Continue;
-                        }
-                    }
                     let finished = done.load(Ordering::SeqCst);
                     match slot.as_mut().unwrap().poll(Some(Duration::ZERO)) {
                         Ok(ready) => assert!(
@@ -601,11 +566,12 @@ fuzz_target!(|data: &[u8]| {
             }
         });
         // A refused length costs no more than the read buffer; anything else at most the
-        // maximum message plus serde's cautious preallocation and the read buffer.
+        // maximum message (or what the library trusts a length with) plus serde's cautious
+        // preallocation and the read buffer.
         let bound = if m.refused {
             READ_BUF + 4096
         } else {
-            max as usize + SERDE_CAUTIOUS + READ_BUF + 4096
+            (max as usize).min(TRUSTED_LEN) + SERDE_CAUTIOUS + READ_BUF + 4096
         };
         assert!(
             largest <= bound,
@@ -647,14 +613,10 @@ fn decoded<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
             Err(ConnectionError::Codec(_)) => {
                 assert!(reference.is_err(), "{what}: refused a value that decodes")
             }
-            Err(ConnectionError::Timeout) => {
-                m.timed_out();
-                return Then::Continue;
-            }
+            Err(ConnectionError::Timeout) => return Then::Continue,
             Err(e) => panic!("{what}: model expects a message, library gave {e:?}"),
         }
         m.pos = to;
-        m.maybe_partial = false;
         return Then::Continue;
     }
     consumed(m, r.map(drop), what)
@@ -663,14 +625,10 @@ fn decoded<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
 /// A typed receive whose value is not compared.
 fn consumed(m: &mut Model<'_>, r: Result<(), ConnectionError>, what: &str) -> Then {
     match r {
-        Err(ConnectionError::Timeout) => {
-            m.timed_out();
-            Then::Continue
-        }
+        Err(ConnectionError::Timeout) => Then::Continue,
         Ok(()) | Err(ConnectionError::Codec(_)) => match m.next(None) {
             Expect::Message(_, to) => {
                 m.pos = to;
-                m.maybe_partial = false;
                 Then::Continue
             }
             e => panic!("{what}: library decoded a message, model expects {e:?}"),
