@@ -594,8 +594,9 @@ impl<T, C: Codec> Connection<T, C> {
 
     /// Sets the longest message this end accepts (default [`DEFAULT_MAX_MESSAGE`], 16 GiB).
     /// A longer one is refused with [`ConnectionError::TooLarge`] before any of it is
-    /// read, and the connection is closed. A message's buffer grows as its bytes arrive, so a
-    /// lying length costs no memory by itself.
+    /// read, and the connection is closed. Below the limit, a message's storage is reserved
+    /// up front only up to 256 MiB (zeroed pages the OS maps lazily) and grows beyond that
+    /// only as its bytes arrive, so a lying length costs little.
     ///
     /// # Examples
     ///
