@@ -25,8 +25,15 @@ def parser(description):
     return p
 
 
-def run(args, one_rep):
-    """Times `one_rep()` as the runner asked and prints the timings."""
+def batch(args, full, quick):
+    """How many operations one repetition does when each is too quick to time alone: `full`,
+    or `quick` in a cell with no time budget (--quick). Same rule as `Reps::batch`."""
+    return quick if args.budget_ms == 0 else full
+
+
+def run(args, one_rep, per=1):
+    """Times `one_rep()` as the runner asked and prints the timings, each divided by `per`
+    (the number of operations one repetition does, to report the time of one)."""
     if not args.no_warmup:
         one_rep()
     min_reps = min(MIN_REPS, args.reps)
@@ -38,6 +45,6 @@ def run(args, one_rep):
     ):
         t0 = time.perf_counter()
         one_rep()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / per)
     sys.stdout.write(json.dumps(times) + "\n")
     sys.stdout.flush()

@@ -144,6 +144,27 @@ impl Reps {
         })
     }
 
+    /// Times `one` repetition by repetition, as [`time`](Self::time) does, and reports each
+    /// divided by `per`, the number of operations a repetition does (the time of one).
+    pub(crate) fn time_per(
+        &self,
+        per: usize,
+        mut one: impl FnMut() -> Result<(), String>,
+    ) -> Result<Vec<f64>, String> {
+        self.collect(|| {
+            let t = Instant::now();
+            one()?;
+            Ok(t.elapsed().as_secs_f64() / per.max(1) as f64)
+        })
+    }
+
+    /// How many operations one repetition does when each is too quick to time alone (a
+    /// round trip, a message): `full`, or `quick` in a cell with no time budget (`--quick`),
+    /// which only checks that everything runs. `harness.batch` follows the same rule.
+    pub(crate) fn batch(&self, full: usize, quick: usize) -> usize {
+        if self.budget.is_zero() { quick } else { full }
+    }
+
     /// The arguments that hand these counts to a cell process (ours or a Python script).
     pub(crate) fn to_args(self) -> Vec<String> {
         let mut args = vec![

@@ -1,6 +1,8 @@
 //! Every workload, one module each. To add one, write a module with a `cases()` function
 //! and list it in [`all`] (see `bench/README.md`).
 
+mod connection;
+mod connection_lib;
 mod large_parent;
 mod start_join;
 
@@ -11,5 +13,6 @@ pub(crate) fn all() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(start_join::cases());
     cases.extend(large_parent::cases());
+    cases.extend(connection::cases());
     cases
 }
