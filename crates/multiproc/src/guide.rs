@@ -9,7 +9,14 @@
 //! | `p.is_alive()`, `p.exitcode`, `p.pid` | [`is_alive`](crate::Process::is_alive), [`exitcode`](crate::Process::exitcode), [`pid`](crate::Process::pid) | |
 //! | `p.terminate()`, `p.kill()`, `p.close()` | [`terminate`](crate::Process::terminate), [`kill`](crate::Process::kill), [`close`](crate::Process::close) | signals go through a pidfd |
 //! | `p.sentinel` | [`sentinel`](crate::Process::sentinel) | a pidfd |
-//! | `multiprocessing.connection.wait` | [`wait`](crate::wait()) | |
+//! | `multiprocessing.connection.wait` | [`wait`](crate::wait()) | returns the indices of the ready objects |
+//! | `Pipe(duplex)` | [`pipe::<T>(duplex)`](crate::pipe()) | typed ends, [`Connection<T>`](crate::Connection) |
+//! | `conn.send(obj)`, `conn.recv()` | [`send`](crate::Connection::send), [`recv`](crate::Connection::recv), [`recv_timeout`](crate::Connection::recv_timeout) | default codec postcard; [`Pickle`](crate::codec::Pickle) for CPython peers |
+//! | `send_bytes`, `recv_bytes`, `recv_bytes_into` | [`send_bytes`](crate::Connection::send_bytes), [`send_bytes_range`](crate::Connection::send_bytes_range), [`recv_bytes`](crate::Connection::recv_bytes), [`recv_bytes_max`](crate::Connection::recv_bytes_max), [`recv_bytes_into`](crate::Connection::recv_bytes_into) | |
+//! | `conn.poll(t)` | [`poll`](crate::Connection::poll) | `None` waits for ever |
+//! | `Listener(address, authkey=k)` | [`Listener::builder`](crate::connection::Listener::builder) | the program's key by default |
+//! | `Client(address, authkey=k)` | [`Client::new`](crate::connection::Client::new) | the handshake has a timeout |
+//! | `AuthenticationError`, `BufferTooShort`, `EOFError` | [`ConnectionError`](crate::connection::ConnectionError) | |
 //! | `current_process()`, `parent_process()` | [`current_process`](crate::current_process), [`parent_process`](crate::parent_process) | |
 //! | `active_children()` | [`active_children`](crate::active_children) | |
 //! | `cpu_count()` | [`cpu_count`](crate::cpu_count) | honours affinity and cgroup quota |

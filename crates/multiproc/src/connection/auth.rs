@@ -250,11 +250,12 @@ fn recv_handshake(
 
 fn send_handshake(
     end: &Endpoint,
-    parts: &[&[u8]],
+    first: &[u8],
+    second: &[u8],
     deadline: Instant,
     budget: Duration,
 ) -> Result<(), ConnectionError> {
-    end.send(parts, &[], Some(deadline))
+    end.send(first, second, &[], Some(deadline))
         .map_err(|e| handshake_error(e, budget))
 }
 
@@ -288,12 +289,12 @@ pub(crate) fn deliver_challenge(
     budget: Duration,
 ) -> Result<(), ConnectionError> {
     let message = new_challenge();
-    send_handshake(end, &[CHALLENGE, &message], deadline, budget)?;
+    send_handshake(end, CHALLENGE, &message, deadline, budget)?;
     let answer = recv_handshake(end, deadline, budget)?;
     match verify(authkey, &message, &answer) {
-        Ok(()) => send_handshake(end, &[WELCOME], deadline, budget),
+        Ok(()) => send_handshake(end, WELCOME, &[], deadline, budget),
         Err(e) => {
-            let _ = end.send(&[FAILURE], &[], Some(deadline));
+            let _ = end.send(FAILURE, &[], &[], Some(deadline));
             Err(e.into())
         }
     }
@@ -309,7 +310,7 @@ pub(crate) fn answer_challenge(
     let message = recv_handshake(end, deadline, budget)?;
     let challenge = parse_challenge(&message)?;
     let answer = response(authkey, challenge)?;
-    send_handshake(end, &[&answer], deadline, budget)?;
+    send_handshake(end, &answer, &[], deadline, budget)?;
     let verdict = recv_handshake(end, deadline, budget)?;
     if verdict == WELCOME {
         Ok(())

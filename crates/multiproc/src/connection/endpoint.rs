@@ -103,17 +103,6 @@ struct Partial {
     fds: Vec<OwnedFd>,
 }
 
-impl Partial {
-    fn empty() -> Self {
-        Self {
-            bytes: Vec::new(),
-            filled: 0,
-            len: 0,
-            fds: Vec::new(),
-        }
-    }
-}
-
 /// A received message: where its payload is, and the descriptors that came with it.
 pub(crate) struct Received<'a> {
     pub(crate) payload: Payload<'a>,
@@ -152,7 +141,7 @@ pub(crate) struct Endpoint {
     /// Stream offset of `buf[start]`.
     pos: u64,
     /// Received descriptors, with the stream range of the read that brought them.
-    fds: Vec<(u64, u64, OwnedFd)>,
+    fds: Vec<sys::FdBatch>,
     partial: Option<Partial>,
     eof: bool,
     spin: Spin,
@@ -291,21 +280,20 @@ impl Endpoint {
     // -----------------------------------------------------------------------------------------
     // Sending
 
-    /// Sends one message: the header for `payload_len` bytes, then `parts` (whose lengths
-    /// add up to it), with `fds` attached to its first byte.
+    /// Sends one message made of `first` then `second` (the handshake's prefix and body;
+    /// empty otherwise), with `fds` attached to its first byte. The header goes in the same
+    /// `sendmsg`, and nothing is allocated.
     pub(crate) fn send(
         &self,
-        parts: &[&[u8]],
+        first: &[u8],
+        second: &[u8],
         fds: &[BorrowedFd<'_>],
         deadline: Option<Instant>,
     ) -> Result<(), ConnectionError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut header = [0u8; HEADER_MAX];
-        let at = framing::write_header(len as u64, &mut header);
-        let mut all = Vec::with_capacity(parts.len() + 1);
-        all.push(&header[at..]);
-        all.extend_from_slice(parts);
-        sys::send_all(self.fd(), &all, fds, deadline).map_err(ConnectionError::from_send)
+        let at = framing::write_header((first.len() + second.len()) as u64, &mut header);
+        sys::send_all(self.fd(), [&header[at..], first, second], fds, deadline)
+            .map_err(ConnectionError::from_io)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -353,27 +341,36 @@ impl Endpoint {
         &mut self,
         out: &mut [u8],
     ) -> Result<Result<usize, Vec<u8>>, ConnectionError> {
-        if self.partial.is_some() {
-            let got = self.finish_partial(None)?;
-            return Ok(copy_or_return(got.payload.into_vec(), out));
+        if self.partial.is_none() {
+            let (size, len) = self.next_header(None, None)?;
+            if len <= out.len() as u64 && !fits_in(len, size, READ_BUF) {
+                return self.recv_large_into(size, len as usize, out).map(Ok);
+            }
         }
-        let (size, len) = self.next_header(None, None)?;
-        if len > out.len() as u64 || fits_in(len, size, READ_BUF) {
-            // Too short (the caller gets the whole message) or small: the usual path.
-            self.start_partial_if_large(size, len);
-            let got = if self.partial.is_some() {
-                self.finish_partial(None)?.payload.into_vec()
-            } else {
-                self.recv(None, None)?.payload.into_vec()
-            };
-            return Ok(copy_or_return(got, out));
+        // Small (copied from the read buffer), too long for `out` (handed back whole), or
+        // already half read into its own storage.
+        let got = self.recv(None, None)?;
+        let bytes = got.payload.as_slice();
+        match out.get_mut(..bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                Ok(Ok(bytes.len()))
+            }
+            None => Ok(Err(bytes.to_vec())),
         }
-        // Large and fits: read straight into the caller's buffer.
-        let len = len as usize;
+    }
+
+    /// Reads a large message whose `size`-byte header is buffered straight into `out`.
+    fn recv_large_into(
+        &mut self,
+        size: usize,
+        len: usize,
+        out: &mut [u8],
+    ) -> Result<usize, ConnectionError> {
         let buffered = (self.end - self.start - size).min(len);
         out[..buffered].copy_from_slice(&self.buf[self.start + size..self.start + size + buffered]);
-        let fds = self.consume(size + buffered);
-        drop(fds);
+        // Its descriptors, if any, are dropped: raw bytes carry none.
+        drop(self.consume(size + buffered));
         let mut filled = buffered;
         while filled < len {
             let n = sys::read_some(self.fd(), &mut out[filled..len], true)?;
@@ -384,13 +381,7 @@ impl Endpoint {
             filled += n;
             self.pos += n as u64;
         }
-        Ok(Ok(len))
-    }
-
-    fn start_partial_if_large(&mut self, size: usize, len: u64) {
-        if !fits_in(len, size, READ_BUF) {
-            self.start_partial(size, len);
-        }
+        Ok(len)
     }
 
     /// Moves the start of a large message out of the read buffer into its own storage.
@@ -416,14 +407,7 @@ impl Endpoint {
         deadline: Option<Instant>,
     ) -> Result<Received<'_>, ConnectionError> {
         loop {
-            let Some(p) = self.partial.as_mut() else {
-                return Err(ConnectionError::Io(io::Error::other(
-                    "no message under way",
-                )));
-            };
-            if p.filled == p.len {
-                let p = std::mem::replace(p, Partial::empty());
-                self.partial = None;
+            if let Some(p) = self.partial.take_if(|p| p.filled == p.len) {
                 let mut bytes = p.bytes;
                 bytes.truncate(p.len);
                 return Ok(Received {
@@ -431,6 +415,11 @@ impl Endpoint {
                     fds: p.fds,
                 });
             }
+            let Some(p) = self.partial.as_mut() else {
+                return Err(ConnectionError::Io(io::Error::other(
+                    "no message under way",
+                )));
+            };
             if p.filled == p.bytes.len() {
                 // An untrusted length: grow as the bytes arrive.
                 let grown = (p.bytes.len() * 2).min(p.len);
@@ -504,22 +493,7 @@ impl Endpoint {
         let first = self.pos;
         self.start += n;
         self.pos += n as u64;
-        if self.fds.is_empty() {
-            return Vec::new();
-        }
-        let last = self.pos;
-        let mut mine = Vec::new();
-        let mut keep = Vec::new();
-        for (s, e, fd) in self.fds.drain(..) {
-            if (s..e).contains(&first) && e <= last.max(first + 1) {
-                mine.push(fd);
-            } else if e > last {
-                keep.push((s, e, fd));
-            }
-            // Otherwise it was read with bytes of this message but belongs to none left.
-        }
-        self.fds = keep;
-        mine
+        sys::claim_fds(&mut self.fds, first, self.pos)
     }
 
     /// Reads once more (spinning first if that pays), waiting at most until the deadline.
@@ -557,7 +531,10 @@ impl Endpoint {
         let sock = self.sock.as_fd();
         let room = &mut self.buf[self.end..];
         if self.spin.should_spin() {
-            let until = Instant::now() + SPIN_FOR;
+            // Never past the caller's deadline (a zero timeout does not spin).
+            let until = deadline.map_or(Instant::now() + SPIN_FOR, |d| {
+                d.min(Instant::now() + SPIN_FOR)
+            });
             loop {
                 match sys::recv_some(sock, room, fds, false) {
                     Ok(n) => {
@@ -595,12 +572,4 @@ impl Endpoint {
 fn fits_in(len: u64, size: usize, room: usize) -> bool {
     room.checked_sub(size)
         .is_some_and(|left| len <= left as u64)
-}
-
-fn copy_or_return(bytes: Vec<u8>, out: &mut [u8]) -> Result<usize, Vec<u8>> {
-    if bytes.len() > out.len() {
-        return Err(bytes);
-    }
-    out[..bytes.len()].copy_from_slice(&bytes);
-    Ok(bytes.len())
 }

@@ -34,6 +34,46 @@ impl Key {
     }
 }
 
+/// What both sides settle before a connection is handed out: the key, how long the
+/// handshake may take, the longest message.
+#[derive(Clone, Debug)]
+struct Terms {
+    key: Key,
+    handshake_timeout: Duration,
+    max_message: u64,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Self {
+            key: Key::Program,
+            handshake_timeout: auth::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+impl Terms {
+    /// Authenticates a new socket (in the order of the side that `accepted` it or of the one
+    /// that connected) and makes it a connection.
+    fn establish<T, C: Codec>(
+        &self,
+        fd: OwnedFd,
+        accepted: bool,
+    ) -> Result<Connection<T, C>, ConnectionError> {
+        let mut end = Endpoint::new(fd);
+        if let Some(key) = self.key.resolve() {
+            if accepted {
+                auth::as_listener(&mut end, &key, self.handshake_timeout)?;
+            } else {
+                auth::as_client(&mut end, &key, self.handshake_timeout)?;
+            }
+        }
+        end.max_message = self.max_message;
+        Ok(Connection::from_endpoint(end, true, true))
+    }
+}
+
 /// How a [`Listener`] is set up; made by [`Listener::builder`].
 ///
 /// # Examples
@@ -57,9 +97,7 @@ pub struct ListenerBuilder {
     address: Option<Result<Address, super::AddressError>>,
     tcp: bool,
     backlog: i32,
-    key: Key,
-    handshake_timeout: Duration,
-    max_message: u64,
+    terms: Terms,
 }
 
 impl ListenerBuilder {
@@ -87,28 +125,28 @@ impl ListenerBuilder {
     /// program's processes find each other with no setup). An empty key authenticates with
     /// an empty key, as CPython 3.13 does.
     pub fn authkey(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.key = Key::Given(key.as_ref().to_vec());
+        self.terms.key = Key::Given(key.as_ref().to_vec());
         self
     }
 
     /// No handshake: any local process (any host, on TCP) that connects gets a connection.
     /// Only for peers that expect none (CPython's `authkey=None`).
     pub fn no_authentication(mut self) -> Self {
-        self.key = Key::None;
+        self.terms.key = Key::None;
         self
     }
 
     /// How long a client's handshake may take before it is refused (default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`](super::DEFAULT_HANDSHAKE_TIMEOUT)).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.terms.handshake_timeout = timeout;
         self
     }
 
     /// The longest message accepted connections take (see
     /// [`Connection::set_max_message_size`]).
     pub fn max_message_size(mut self, max: u64) -> Self {
-        self.max_message = max;
+        self.terms.max_message = max;
         self
     }
 
@@ -148,9 +186,7 @@ impl ListenerBuilder {
         Ok(Listener {
             sock: Some(sock),
             address: bound,
-            key: self.key,
-            handshake_timeout: self.handshake_timeout,
-            max_message: self.max_message,
+            terms: self.terms,
             last_accepted: None,
             unlink,
             private_dir,
@@ -208,9 +244,7 @@ fn private_socket_path() -> Result<(PathBuf, PathBuf), ConnectionError> {
 pub struct Listener {
     sock: Option<OwnedFd>,
     address: Address,
-    key: Key,
-    handshake_timeout: Duration,
-    max_message: u64,
+    terms: Terms,
     last_accepted: Option<Address>,
     unlink: Option<PathBuf>,
     private_dir: Option<PathBuf>,
@@ -223,9 +257,7 @@ impl Listener {
             address: None,
             tcp: false,
             backlog: 64,
-            key: Key::Program,
-            handshake_timeout: auth::DEFAULT_HANDSHAKE_TIMEOUT,
-            max_message: DEFAULT_MAX_MESSAGE,
+            terms: Terms::default(),
         }
     }
 
@@ -286,21 +318,10 @@ impl Listener {
         deadline: Option<Instant>,
     ) -> Result<Connection<T, C>, ConnectionError> {
         let sock = self.sock.as_ref().ok_or(ConnectionError::Closed)?;
-        let (fd, peer) = sys::accept(sock.as_fd(), deadline).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                ConnectionError::Timeout
-            } else {
-                e.into()
-            }
-        })?;
+        let (fd, peer) = sys::accept(sock.as_fd(), deadline).map_err(ConnectionError::from_io)?;
         sys::tune_accepted(fd.as_fd(), &peer);
         self.last_accepted = Some(peer);
-        let mut end = Endpoint::new(fd);
-        if let Some(key) = self.key.resolve() {
-            auth::as_listener(&mut end, &key, self.handshake_timeout)?;
-        }
-        end.max_message = self.max_message;
-        Ok(Connection::from_endpoint(end, true, true))
+        self.terms.establish(fd, true)
     }
 
     /// The address clients connect to (with the actual port if port 0 was asked for).
@@ -355,10 +376,8 @@ impl Drop for Listener {
 #[must_use]
 pub struct Client {
     address: Result<Address, super::AddressError>,
-    key: Key,
+    terms: Terms,
     connect_timeout: Duration,
-    handshake_timeout: Duration,
-    max_message: u64,
 }
 
 impl Client {
@@ -366,23 +385,21 @@ impl Client {
     pub fn new(address: impl ToAddress) -> Self {
         Self {
             address: address.to_address(),
-            key: Key::Program,
+            terms: Terms::default(),
             connect_timeout: Duration::from_secs(10),
-            handshake_timeout: auth::DEFAULT_HANDSHAKE_TIMEOUT,
-            max_message: DEFAULT_MAX_MESSAGE,
         }
     }
 
     /// Authenticates with this key (an empty key authenticates with an empty key, as
     /// CPython 3.13 does).
     pub fn authkey(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.key = Key::Given(key.as_ref().to_vec());
+        self.terms.key = Key::Given(key.as_ref().to_vec());
         self
     }
 
     /// No handshake (for a listener that expects none: CPython's `authkey=None`).
     pub fn no_authentication(mut self) -> Self {
-        self.key = Key::None;
+        self.terms.key = Key::None;
         self
     }
 
@@ -395,14 +412,14 @@ impl Client {
     /// How long the handshake may take (default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`](super::DEFAULT_HANDSHAKE_TIMEOUT)).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.terms.handshake_timeout = timeout;
         self
     }
 
     /// The longest message the connection takes (see
     /// [`Connection::set_max_message_size`]).
     pub fn max_message_size(mut self, max: u64) -> Self {
-        self.max_message = max;
+        self.terms.max_message = max;
         self
     }
 
@@ -415,18 +432,8 @@ impl Client {
     /// [`ConnectionError::Authentication`] if the handshake failed.
     pub fn connect<T, C: Codec>(&self) -> Result<Connection<T, C>, ConnectionError> {
         let address = self.address.clone()?;
-        let fd = sys::connect(&address, Instant::now() + self.connect_timeout).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                ConnectionError::Timeout
-            } else {
-                e.into()
-            }
-        })?;
-        let mut end = Endpoint::new(fd);
-        if let Some(key) = self.key.resolve() {
-            auth::as_client(&mut end, &key, self.handshake_timeout)?;
-        }
-        end.max_message = self.max_message;
-        Ok(Connection::from_endpoint(end, true, true))
+        let fd = sys::connect(&address, Instant::now() + self.connect_timeout)
+            .map_err(ConnectionError::from_io)?;
+        self.terms.establish(fd, false)
     }
 }

@@ -127,7 +127,8 @@ pub enum ConnectionError {
 }
 
 impl ConnectionError {
-    fn from_send(e: std::io::Error) -> Self {
+    /// The OS's error, with a timeout made [`ConnectionError::Timeout`].
+    pub(crate) fn from_io(e: std::io::Error) -> Self {
         match e.kind() {
             std::io::ErrorKind::TimedOut => ConnectionError::Timeout,
             _ => ConnectionError::Io(e),
@@ -331,7 +332,7 @@ impl<T, C: Codec> Connection<T, C> {
     /// # Ok::<(), multiproc::connection::ConnectionError>(())
     /// ```
     pub fn send_bytes(&mut self, buf: &[u8]) -> Result<(), ConnectionError> {
-        self.writing()?.send(&[buf], &[], None)
+        self.writing()?.send(buf, &[], &[], None)
     }
 
     /// Sends `buf[offset..offset + size]` (to the end without `size`) as one message, as
@@ -396,7 +397,7 @@ impl<T, C: Codec> Connection<T, C> {
         timeout: Duration,
     ) -> Result<(), ConnectionError> {
         self.writing()?
-            .send(&[buf], &[], Some(Instant::now() + timeout))
+            .send(buf, &[], &[], Some(Instant::now() + timeout))
     }
 
     /// Receives one whole message.
@@ -720,7 +721,7 @@ impl<T, C: Codec> Connection<T, C> {
         };
         let r = encoded.map_err(ConnectionError::from).and_then(|()| {
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-            self.writing()?.send(&[&buf], &borrowed, deadline)
+            self.writing()?.send(&buf, &[], &borrowed, deadline)
         });
         if buf.capacity() <= KEEP_WBUF {
             self.wbuf = buf;

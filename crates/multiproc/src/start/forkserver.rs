@@ -250,7 +250,8 @@ fn auth_failed() -> io::Error {
 /// The peer must be the server's own process (its pid, from the kernel): a process that took
 /// the name of a dead server cannot relay the handshake to a live one.
 fn connect(addr: &ServerAddr, key: &[u8; 32]) -> io::Result<(UnixStream, FrameReader)> {
-    let sock = sys::connect_abstract(&addr.name, STEP_TIMEOUT)?;
+    let name = crate::connection::Address::Abstract(addr.name.clone());
+    let sock = UnixStream::from(sys::connect(&name, Instant::now() + STEP_TIMEOUT)?);
     if sys::peer_pid(sock.as_fd())? != addr.pid {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,

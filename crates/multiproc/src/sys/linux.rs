@@ -13,8 +13,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut, Read};
-use std::mem::MaybeUninit;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -24,19 +23,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 pub(crate) use rustix::process::Pid;
 
 mod net;
 pub(crate) use net::*;
-
-/// The most descriptors one frame may carry.
-pub(crate) const MAX_FDS_PER_FRAME: usize = crate::codec::fds::MAX_PER_MESSAGE;
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -385,65 +378,18 @@ pub(crate) fn channel_pair() -> io::Result<(UnixStream, UnixStream)> {
 }
 
 /// Sends `bytes` as one frame (a 4-byte little-endian length, then the bytes), with `fds`
-/// attached. Waits until all is written, at most `timeout` on a non-blocking socket (then
-/// `TimedOut`); never raises SIGPIPE.
+/// attached. Waits until all is written, at most `timeout` (then `TimedOut`); never raises
+/// SIGPIPE.
 pub(crate) fn send_frame(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let deadline = timeout.map(|t| Instant::now() + t);
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    let header = len.to_le_bytes();
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
-    let mut sent = 0usize;
-    let total = header.len() + bytes.len();
-    let mut first = true;
-    while sent < total {
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if first && !fds.is_empty() {
-            if fds.len() > MAX_FDS_PER_FRAME {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "too many descriptors",
-                ));
-            }
-            control.push(SendAncillaryMessage::ScmRights(fds));
-        }
-        let iov = if sent < header.len() {
-            [IoSlice::new(&header[sent..]), IoSlice::new(bytes)]
-        } else {
-            [
-                IoSlice::new(&[]),
-                IoSlice::new(&bytes[sent - header.len()..]),
-            ]
-        };
-        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
-            Ok(n) => {
-                sent += n;
-                first = false;
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => {
-                // A non-blocking socket: wait until it drains.
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if left == Some(Duration::ZERO) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "peer does not read",
-                    ));
-                }
-                let ts = left.map(timespec);
-                let mut p = [PollFd::from_borrowed_fd(sock, PollFlags::OUT)];
-                let _ = rustix::event::poll(&mut p, ts.as_ref());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    let deadline = timeout.map(|t| Instant::now() + t);
+    send_all(sock, [&len.to_le_bytes(), bytes, &[]], fds, deadline)
 }
 
 /// One complete frame as read from a channel.
@@ -457,11 +403,8 @@ pub(crate) struct Frame {
 #[derive(Default)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
-    /// Descriptors received, each with the stream range `[start, end)` of the bytes read with
-    /// it. A sender attaches descriptors to a frame's first byte, and the kernel ends a read
-    /// right after the data that carries descriptors, so they belong to the last frame that
-    /// starts in that range.
-    fds: Vec<(u64, u64, OwnedFd)>,
+    /// Descriptors received, by read (see [`claim_fds`]).
+    fds: Vec<FdBatch>,
     /// Stream position of `buf[0]`.
     consumed: u64,
     eof: bool,
@@ -515,15 +458,9 @@ impl FrameReader {
         self.buf.drain(..4 + len);
         let (start, end) = (self.consumed, self.consumed + (4 + len) as u64);
         self.consumed = end;
-        // Mine: read with bytes among which this frame starts and no later frame does.
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fds)
-            .into_iter()
-            .partition(|(s, e, _)| (*s..*e).contains(&start) && end >= *e);
-        // Descriptors of ranges that ended before this frame's end belong to no frame left.
-        self.fds = rest.into_iter().filter(|(_, e, _)| *e > end).collect();
         Ok(Some(Frame {
             bytes,
-            fds: mine.into_iter().map(|(_, _, fd)| fd).collect(),
+            fds: claim_fds(&mut self.fds, start, end),
         }))
     }
 
@@ -538,52 +475,35 @@ impl FrameReader {
         // buffer.
         let mut small = [0u8; 1024];
         let mut large: Vec<u8> = Vec::new();
-        let mut space =
-            [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
-        let mut flags = RecvFlags::CMSG_CLOEXEC;
-        if !block {
-            flags |= RecvFlags::DONTWAIT;
-        }
+        let mut wait = block;
         loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
             let chunk: &mut [u8] = if large.is_empty() {
                 &mut small
             } else {
                 &mut large
             };
             let capacity = chunk.len();
-            let mut iov = [IoSliceMut::new(chunk)];
-            match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
-                Ok(msg) => {
-                    let start = self.consumed + self.buf.len() as u64;
-                    let end = start + msg.bytes as u64;
-                    for m in control.drain() {
-                        if let RecvAncillaryMessage::ScmRights(fds) = m {
-                            self.fds.extend(fds.map(|fd| (start, end, fd)));
-                        }
-                    }
-                    if msg.bytes == 0 {
-                        self.eof = true;
-                        return Ok(false);
-                    }
-                    let [iov] = iov;
-                    self.buf.extend_from_slice(&iov[..msg.bytes]);
-                    if block {
-                        return Ok(true);
-                    }
-                    if msg.bytes == capacity && large.is_empty() {
-                        large = vec![0u8; 64 * 1024];
-                    }
-                    flags |= RecvFlags::DONTWAIT;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => return Ok(true),
-                Err(rustix::io::Errno::CONNRESET) => {
-                    self.eof = true;
-                    return Ok(false);
-                }
-                Err(e) => return Err(e.into()),
+            let mut got = Vec::new();
+            let n = match recv_some(sock, chunk, &mut got, wait) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            let start = self.consumed + self.buf.len() as u64;
+            self.fds
+                .extend(got.into_iter().map(|fd| (start, start + n as u64, fd)));
+            if n == 0 {
+                self.eof = true;
+                return Ok(false);
             }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if block {
+                return Ok(true);
+            }
+            if n == capacity && large.is_empty() {
+                large = vec![0u8; 64 * 1024];
+            }
+            wait = false;
         }
     }
 
@@ -770,38 +690,6 @@ pub(crate) fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<i32> {
         .pid
         .as_raw_nonzero()
         .get())
-}
-
-/// Connects a non-blocking stream socket to an abstract Unix address, waiting at most
-/// `timeout` while the listener's backlog is full.
-pub(crate) fn connect_abstract(name: &[u8], timeout: Duration) -> io::Result<UnixStream> {
-    let addr = rustix::net::SocketAddrUnix::new_abstract_name(name)?;
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(100);
-    loop {
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
-        match rustix::net::connect(&sock, &addr) {
-            Ok(()) => return Ok(UnixStream::from(sock)),
-            // A Unix listener with a full backlog refuses a non-blocking connect at once;
-            // there is nothing to poll, so retry with a growing pause.
-            Err(rustix::io::Errno::AGAIN) if Instant::now() + pause < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(rustix::io::Errno::AGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the listener is overloaded",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// Ignores SIGINT (the forkserver does, as CPython's does: Ctrl-C is for the program).

@@ -14,6 +14,11 @@
 //!   the remaining time, so callers see either readiness, a timeout, or a real error.
 //! - **Channels** between a parent and a child are `AF_UNIX` stream socket pairs carrying
 //!   length-prefixed frames with optional descriptors ([`send_frame`], [`FrameReader`]).
+//! - **Sockets** for connections (`linux/net.rs`): [`send_all`] sends a message's parts with
+//!   descriptors on its first byte, with an optional deadline whatever the socket's mode;
+//!   [`recv_some`] receives and collects descriptors; [`claim_fds`] gives each message the
+//!   descriptors that came with it (channel frames use the same three). [`listen`],
+//!   [`accept`] and [`connect`] cover Unix paths, abstract names and TCP, with deadlines.
 //! - **Process control** that is unsafe by nature (`fork`, `_exit`, `atexit`, editing the
 //!   environment) is wrapped here with its preconditions written down; callers outside this
 //!   module never write `unsafe` for it, except the one `fork` call site in `start/fork.rs`.

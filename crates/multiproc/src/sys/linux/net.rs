@@ -53,7 +53,7 @@ pub(crate) fn wait_ready(
 /// possibly sent part of the data). Never raises SIGPIPE: a closed peer is `BrokenPipe`.
 pub(crate) fn send_all(
     sock: BorrowedFd<'_>,
-    parts: &[&[u8]],
+    parts: [&[u8]; 3],
     fds: &[BorrowedFd<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<()> {
@@ -99,17 +99,12 @@ pub(crate) fn send_all(
 }
 
 /// The unsent tail of `parts` after `skip` bytes, as I/O slices.
-fn remaining<'a>(parts: &[&'a [u8]], mut skip: usize) -> Vec<IoSlice<'a>> {
-    let mut out = Vec::with_capacity(parts.len());
-    for p in parts {
-        if skip >= p.len() {
-            skip -= p.len();
-        } else {
-            out.push(IoSlice::new(&p[skip..]));
-            skip = 0;
-        }
-    }
-    out
+fn remaining<'a>(parts: [&'a [u8]; 3], mut skip: usize) -> [IoSlice<'a>; 3] {
+    parts.map(|p| {
+        let from = skip.min(p.len());
+        skip -= from;
+        IoSlice::new(&p[from..])
+    })
 }
 
 /// One receive into `buf`, appending received descriptors (close-on-exec) to `fds`.
@@ -143,6 +138,35 @@ pub(crate) fn recv_some(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Descriptors received by one `recvmsg`, with the stream range `[start, end)` of the bytes
+/// that read brought.
+pub(crate) type FdBatch = (u64, u64, OwnedFd);
+
+/// Takes the descriptors of the message (or frame) occupying stream bytes `[first, last)`
+/// out of `batches`, dropping those of earlier messages that nobody claimed.
+///
+/// Senders attach a message's descriptors to its first byte, and Linux ends a read right
+/// after data that carries descriptors; so a batch belongs to the last message that starts
+/// within its range: the one whose range contains the message's first byte and ends inside
+/// the message.
+pub(crate) fn claim_fds(batches: &mut Vec<FdBatch>, first: u64, last: u64) -> Vec<OwnedFd> {
+    if batches.is_empty() {
+        return Vec::new();
+    }
+    let mut mine = Vec::new();
+    let mut keep = Vec::new();
+    for (s, e, fd) in batches.drain(..) {
+        if (s..e).contains(&first) && e <= last {
+            mine.push(fd);
+        } else if e > last {
+            keep.push((s, e, fd));
+        }
+        // Otherwise it was read with bytes of this message but belongs to none left.
+    }
+    *batches = keep;
+    mine
 }
 
 /// One plain read into `buf` (for the rest of a message whose first byte, which carries any
