@@ -88,6 +88,8 @@ pub(crate) enum Task {
     },
     /// Become the forkserver.
     Forkserver,
+    /// Become the program's segment tracker.
+    Tracker,
 }
 
 /// Child (or forkserver) to parent.
@@ -98,6 +100,10 @@ pub(crate) enum Report {
     Exit(sys::RawExit),
     /// From a new forkserver: where it listens.
     ForkserverReady(ServerAddr),
+    /// From a new segment tracker: it listens.
+    TrackerReady,
+    /// From a new segment tracker: another one already listens (connect to it).
+    TrackerBusy,
     /// A report too large for the socket: this many bytes of it, encoded, are in the memfd
     /// attached. So a child never blocks on a full socket, whatever it reports.
     Spilled(u64),
@@ -391,6 +397,7 @@ pub(crate) fn run_from_channel(channel: UnixStream) -> ! {
             }
         }
         Task::Forkserver => forkserver::serve(channel),
+        Task::Tracker => crate::shm::tracker::serve(channel),
     }
 }
 

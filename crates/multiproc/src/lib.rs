@@ -109,6 +109,7 @@ mod context;
 mod error;
 pub mod guide;
 mod process;
+pub mod shm;
 mod start;
 mod sys;
 
@@ -125,6 +126,7 @@ pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };
 pub use process::{ChildProcess, Process, active_children};
+pub use shm::{SharedMemory, SharedMemoryBuilder, ShmError};
 
 #[doc(hidden)]
 pub mod __private {

@@ -140,6 +140,17 @@ impl<'de> Deserialize<'de> for Descriptor {
     }
 }
 
+/// Whether a value encoded now can carry one more descriptor (an outgoing scope is open and
+/// not full). Shared-memory objects ride with their descriptor when they can, and by name
+/// otherwise.
+pub(crate) fn can_carry_fd() -> bool {
+    OUTGOING.with(|o| {
+        o.borrow()
+            .as_ref()
+            .is_some_and(|list| list.len() < MAX_PER_MESSAGE)
+    })
+}
+
 /// Encodes `fd` as an index into the current outgoing scope (after duplicating it there).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with(|o| -> Result<u32, String> {

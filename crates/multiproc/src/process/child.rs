@@ -105,7 +105,13 @@ impl ChildShared {
                     Ok((Report::PanicSlot, fds)) => {
                         st.panic_slot = fds.into_iter().next().map(std::fs::File::from);
                     }
-                    Ok((Report::ForkserverReady(_) | Report::Spilled(_), _)) => {}
+                    Ok((
+                        Report::ForkserverReady(_)
+                        | Report::TrackerReady
+                        | Report::TrackerBusy
+                        | Report::Spilled(_),
+                        _,
+                    )) => {}
                     Err(e) => {
                         st.outcome
                             .get_or_insert(Outcome::Failed(format!("unreadable report: {e}")));

@@ -21,6 +21,7 @@ use crate::sys::{self, Forked};
 use std::sync::Arc;
 
 use crate::connection::endpoint;
+use crate::shm::tracker;
 use crate::{bootstrap, callable, context};
 
 pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
@@ -35,7 +36,8 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     // Lock order: standard output and error (a fork child flushes them before it exits, and
     // must not find them held by a thread it does not have; taken first, because a thread may
     // hold them while it starts a process), then the launch window, then identity, registry,
-    // channel to parent, forkserver client, hook mode, chosen start method, open connections.
+    // channel to parent, forkserver client, segment tracker client, hook mode, chosen start
+    // method, open connections.
     let stdout = std::io::stdout().lock();
     let stderr = std::io::stderr().lock();
     // No other launch has a channel end out of the registry while the window is held, and
@@ -47,6 +49,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     let mut reg = registry::lock();
     let mut to_parent = bootstrap::lock_to_parent();
     let mut client = forkserver::lock_client();
+    let mut tracker = tracker::lock_client();
     let hook = bootstrap::lock_hook();
     let chosen = context::chosen();
     let mut connections = endpoint::lock_open();
@@ -66,6 +69,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
                 .collect();
             registry::after_fork_in_child(&mut reg);
             forkserver::after_fork_in_child(&mut client);
+            tracker::after_fork_in_child(&mut tracker);
             endpoint::after_fork_in_child(&mut connections);
             // The parent's own channel to its parent is not ours.
             *to_parent = None;
@@ -76,6 +80,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
                 reg,
                 to_parent,
                 client,
+                tracker,
                 hook,
                 chosen,
                 connections,
@@ -93,6 +98,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
                 reg,
                 to_parent,
                 client,
+                tracker,
                 hook,
                 chosen,
                 connections,

@@ -30,6 +30,8 @@ pub(crate) use rustix::process::Pid;
 
 mod net;
 pub(crate) use net::*;
+mod shm;
+pub(crate) use shm::*;
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -698,6 +700,13 @@ pub(crate) fn ignore_sigint(ignore: bool) {
     // SAFETY:
     // - installing SIG_IGN or SIG_DFL runs no code of ours in signal context.
     unsafe { libc::signal(libc::SIGINT, handler) };
+}
+
+/// Ignores SIGTERM (the segment tracker does, as CPython's resource tracker does).
+pub(crate) fn ignore_sigterm() {
+    // SAFETY:
+    // - installing SIG_IGN runs no code of ours in signal context.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
 }
 
 // ---------------------------------------------------------------------------------------------

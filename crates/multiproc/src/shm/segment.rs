@@ -1,0 +1,362 @@
+//! A segment: one POSIX shared memory object, mapped, with its descriptor and its standing
+//! with the tracker. Every shared object of this crate (SharedMemory, Lock, Value, ...) is a
+//! typed face over an `Arc<Segment>`.
+//!
+//! **Travelling.** A segment encodes as its name, its tracking mode and, when the encoding
+//! can carry descriptors (Process arguments, connection messages), its descriptor: the
+//! receiver maps that descriptor, so it works even if the name is gone by then. Without a
+//! descriptor the receiver opens the name, and the sender tells the tracker an encoding is in
+//! transit, so the name outlives the sender's own handle until someone decodes it.
+//!
+//! **Typed segments** (every object but `SharedMemory`, whose bytes are the user's) begin
+//! with a 64-byte [`Header`] that says what they hold, so a segment decoded as the wrong type
+//! is an error, never a misread.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+
+use super::ShmError;
+use super::tracker::{self, Msg};
+use crate::codec::fds;
+use crate::sys::{self, Mapping};
+
+/// One mapped shared memory object.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    name: String,
+    fd: OwnedFd,
+    map: Mapping,
+    /// This handle counts with the tracker (it sent `Created`, `Attached` or `Received`).
+    tracked: bool,
+    /// The process that holds the count (a fork child's copy does not).
+    pid: u32,
+}
+
+/// Whether the tracker counts a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Tracking {
+    /// Unlinked when the program's last user lets go.
+    Tracked,
+    /// Never unlinked by multiproc.
+    Untracked,
+}
+
+impl Segment {
+    /// Creates a new object of `size` bytes, named `name` or `prefix` plus random hex digits.
+    pub(crate) fn create(
+        name: Option<&str>,
+        prefix: &str,
+        hex_digits: usize,
+        size: usize,
+        tracking: Tracking,
+    ) -> Result<Arc<Self>, ShmError> {
+        if size == 0 {
+            return Err(ShmError::ZeroSize);
+        }
+        if let Some(n) = name {
+            check_name(n)?;
+        }
+        let given = name.is_some();
+        // A generated name that happens to exist is drawn again; a given one is an error.
+        for _ in 0..16 {
+            let name = name.map_or_else(|| generated(prefix, hex_digits), str::to_owned);
+            let tracked = tracking == Tracking::Tracked;
+            if tracked {
+                // Before the object exists: a creator killed right after creating it still
+                // leaves the tracker knowing the name.
+                tracker::send(&Msg::Created(name.clone())).map_err(ShmError::Tracker)?;
+            }
+            match sys::shm_create(&name, size as u64) {
+                Ok(fd) => {
+                    let map = Mapping::map(fd.as_fd(), size).map_err(|e| {
+                        let _ = sys::shm_unlink(&name);
+                        ShmError::Io(e)
+                    });
+                    let map = match map {
+                        Ok(m) => m,
+                        Err(e) => {
+                            if tracked {
+                                tracker::send_quietly(&Msg::Forget(name.clone()));
+                            }
+                            return Err(e);
+                        }
+                    };
+                    return Ok(Arc::new(Self {
+                        name,
+                        fd,
+                        map,
+                        tracked,
+                        pid: sys::caller().0,
+                    }));
+                }
+                Err(e) => {
+                    if tracked {
+                        tracker::send_quietly(&Msg::Forget(name.clone()));
+                    }
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        if given {
+                            return Err(ShmError::Exists(name));
+                        }
+                        continue;
+                    }
+                    return Err(ShmError::Io(e));
+                }
+            }
+        }
+        Err(ShmError::Io(std::io::Error::other(
+            "could not find a free shared memory name",
+        )))
+    }
+
+    /// Maps the existing object `name`. With `tracking`, the tracker counts this handle (a
+    /// name the program did not create is counted but never unlinked).
+    pub(crate) fn attach(name: &str, tracking: Tracking) -> Result<Arc<Self>, ShmError> {
+        check_name(name)?;
+        let fd = sys::shm_open(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ShmError::NotFound(name.to_owned()),
+            _ => ShmError::Io(e),
+        })?;
+        let tracked = tracking == Tracking::Tracked;
+        let seg = Self::map_fd(name.to_owned(), fd, tracked)?;
+        if tracked {
+            tracker::send_quietly(&Msg::Attached(name.to_owned()));
+        }
+        Ok(Arc::new(seg))
+    }
+
+    fn map_fd(name: String, fd: OwnedFd, tracked: bool) -> Result<Self, ShmError> {
+        let size = sys::fd_size(fd.as_fd()).map_err(ShmError::Io)?;
+        let size =
+            usize::try_from(size).map_err(|_| ShmError::Io(std::io::Error::other("size")))?;
+        if size == 0 {
+            return Err(ShmError::ZeroSize);
+        }
+        let map = Mapping::map(fd.as_fd(), size).map_err(ShmError::Io)?;
+        Ok(Self {
+            name,
+            fd,
+            map,
+            tracked,
+            pid: sys::caller().0,
+        })
+    }
+
+    /// The object's name, without the leading slash.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The mapping.
+    pub(crate) fn map(&self) -> &Mapping {
+        &self.map
+    }
+
+    /// Size in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Removes the name (the memory lives on while mapped) and stops the tracker's count.
+    pub(crate) fn unlink(&self) -> Result<(), ShmError> {
+        let r = sys::shm_unlink(&self.name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ShmError::NotFound(self.name.clone()),
+            _ => ShmError::Io(e),
+        });
+        if self.tracked {
+            tracker::send_quietly(&Msg::Unlinked(self.name.clone()));
+        }
+        r
+    }
+
+    /// Writes a typed segment's header (right after creating it).
+    pub(crate) fn write_header(&self, h: &Header) {
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        bytes[4..8].copy_from_slice(&(h.kind as u32).to_le_bytes());
+        bytes[8..16].copy_from_slice(&h.elem_size.to_le_bytes());
+        bytes[16..24].copy_from_slice(&h.len.to_le_bytes());
+        bytes[24..32].copy_from_slice(&h.type_tag.to_le_bytes());
+        self.map.write(0, &bytes);
+    }
+
+    /// Checks a typed segment's header against what the decoder expects.
+    pub(crate) fn check_header(
+        &self,
+        kind: Kind,
+        elem_size: u64,
+        type_tag: u64,
+    ) -> Result<u64, ShmError> {
+        let mut bytes = [0u8; HEADER_LEN];
+        if !self.map.read(0, &mut bytes) {
+            return Err(ShmError::WrongKind(self.name.clone()));
+        }
+        let word = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&bytes[r]);
+            u64::from_le_bytes(b)
+        };
+        let ok = word(0..4) == u64::from(MAGIC)
+            && word(4..8) == kind as u64
+            && word(8..16) == elem_size
+            && word(24..32) == type_tag;
+        if !ok {
+            return Err(ShmError::WrongKind(self.name.clone()));
+        }
+        Ok(word(16..24))
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.tracked && self.pid == sys::caller().0 {
+            tracker::send_quietly(&Msg::Detached(std::mem::take(&mut self.name)));
+        }
+    }
+}
+
+fn generated(prefix: &str, hex_digits: usize) -> String {
+    let bytes = sys::random_bytes::<16>();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..hex_digits.min(32)])
+}
+
+/// Names `shm_open` accepts, as CPython passes them: one path component, not too long.
+pub(crate) fn check_name(name: &str) -> Result<(), ShmError> {
+    if tracker::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ShmError::InvalidName(name.to_owned()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed segments
+
+/// Bytes at the start of a typed segment.
+pub(crate) const HEADER_LEN: usize = 64;
+const MAGIC: u32 = u32::from_le_bytes(*b"mpsg");
+
+/// What a typed segment holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    Lock = 1,
+    RLock = 2,
+    Semaphore = 3,
+    Condition = 4,
+    Event = 5,
+    Barrier = 6,
+    Value = 7,
+    Array = 8,
+}
+
+/// A typed segment's header: kind, element size, element count, and a tag of the element
+/// type (its name's hash), so a `Value<u32>` is never read as a `Value<f32>`.
+pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) elem_size: u64,
+    pub(crate) len: u64,
+    pub(crate) type_tag: u64,
+}
+
+/// A stable tag for a type within one build (every process of a program runs the same
+/// build: the bootstrap checks it).
+pub(crate) fn type_tag<T: ?Sized>() -> u64 {
+    // FNV-1a of the type's name.
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// Creates a typed segment of `HEADER_LEN + body` bytes and writes its header. The memory
+/// is zeroed by the kernel.
+pub(crate) fn create_typed(header: Header, body: usize) -> Result<Arc<Segment>, ShmError> {
+    let size = HEADER_LEN
+        .checked_add(body)
+        .ok_or(ShmError::Io(std::io::Error::other("size overflows")))?;
+    let seg = Segment::create(None, "mp_", 24, size, Tracking::Tracked)?;
+    seg.write_header(&header);
+    Ok(seg)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Travelling
+
+/// A segment as it travels.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    name: String,
+    tracking: Tracking,
+    /// The descriptor's index in the message, when it rides along.
+    fd: Option<FdIndex>,
+}
+
+struct FdIndex(OwnedFd);
+
+impl Serialize for FdIndex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fds::serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FdIndex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(fds::deserialize_fd(d)?))
+    }
+}
+
+impl Serialize for Segment {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let fd = if fds::can_carry_fd() {
+            Some(FdIndex(self.fd.try_clone().map_err(ser::Error::custom)?))
+        } else {
+            None
+        };
+        if fd.is_none() && self.tracked {
+            tracker::send(&Msg::InTransit(self.name.clone())).map_err(ser::Error::custom)?;
+        }
+        Wire {
+            name: self.name.clone(),
+            tracking: if self.tracked {
+                Tracking::Tracked
+            } else {
+                Tracking::Untracked
+            },
+            fd,
+        }
+        .serialize(s)
+    }
+}
+
+/// Decodes a segment (mapping its descriptor, or opening its name).
+pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<Segment>, D::Error> {
+    let w = Wire::deserialize(d)?;
+    check_name(&w.name).map_err(de::Error::custom)?;
+    let tracked = w.tracking == Tracking::Tracked;
+    let seg = match w.fd.map(|f| f.0) {
+        Some(fd) => {
+            let seg = Segment::map_fd(w.name.clone(), fd, tracked).map_err(de::Error::custom)?;
+            if tracked {
+                tracker::send_quietly(&Msg::Attached(w.name));
+            }
+            seg
+        }
+        None => {
+            let fd = sys::shm_open(&w.name).map_err(|e| {
+                de::Error::custom(format!("shared memory {:?} is gone: {e}", w.name))
+            })?;
+            let seg = Segment::map_fd(w.name.clone(), fd, tracked).map_err(de::Error::custom)?;
+            if tracked {
+                tracker::send_quietly(&Msg::Received(w.name));
+            }
+            seg
+        }
+    };
+    Ok(Arc::new(seg))
+}

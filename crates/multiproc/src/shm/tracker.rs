@@ -1,0 +1,479 @@
+//! The segment tracker: one small process per program that unlinks the shared memory the
+//! program created once no process of the program uses it, however those processes end
+//! (SIGKILL included, the main process included).
+//!
+//! # Protocol
+//!
+//! Every process that creates, attaches or sends a tracked segment keeps one connection to
+//! the tracker (the process that started it uses the start-up channel; the others connect to
+//! an abstract Unix socket whose name derives from the program's authkey, so the whole
+//! process tree finds the same one). Messages are channel frames of one postcard [`Msg`] each,
+//! one way only: nothing waits for an answer on the hot path.
+//!
+//! The tracker keeps, per name, the number of attachments per connection and a count of
+//! *transits* (encodings sent where no descriptor could ride along; each is taken back by the
+//! `Received` of whoever decodes it). A name is unlinked when it was `Created` by the program
+//! and its total drops to zero, or when the last connection closes. Names the program did
+//! not create (a CPython segment attached by name) are counted but never unlinked, which is
+//! why attaching never destroys a segment at the attacher's exit (CPython gh-82300).
+//!
+//! Ordering: a creator sends `Created` before it creates the object, and every sender writes
+//! its `InTransit` before the bytes that carry the name leave, so a count can be read early
+//! from another connection only while the sender's own attachment still holds the total
+//! above zero.
+//!
+//! The tracker exits when its last connection closes, after unlinking what is left; a later
+//! user starts a new one. Accepting a connection is confirmed with one byte, so a client that
+//! reached a tracker on its way out knows to start another.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bootstrap::{self, Bootstrap, Report, Task};
+use crate::connection::endpoint::HeldFds;
+use crate::process::tree::{self, Me, ParentInfo};
+use crate::start::{self, Instructions, spawn};
+use crate::sys::{self, FrameReader};
+use crate::{callable, codec};
+
+/// One message to the tracker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    /// This program is about to create the object `name`; the sender holds it once.
+    Created(String),
+    /// Creating failed (the name existed): the program did not make it.
+    Forget(String),
+    /// The sender maps `name` once more.
+    Attached(String),
+    /// The sender maps `name` once less.
+    Detached(String),
+    /// An encoding of `name` left without its descriptor.
+    InTransit(String),
+    /// The sender decoded an encoding of `name` that had no descriptor: one transit becomes
+    /// an attachment of the sender's.
+    Received(String),
+    /// The program unlinked `name` itself: stop tracking it.
+    Unlinked(String),
+}
+
+/// How long a client waits for a tracker to start or to confirm a connection.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// The client
+
+pub(crate) struct Client {
+    /// The process that made the connection (a fork child must make its own).
+    pid: u32,
+    /// The connection (held as a parent-only descriptor, so a fork child never keeps it).
+    sock: HeldFds,
+}
+
+static CLIENT: Mutex<Option<Client>> = Mutex::new(None);
+
+/// Locks the client (held across `fork`, see `start/fork.rs`).
+pub(crate) fn lock_client() -> MutexGuard<'static, Option<Client>> {
+    CLIENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `msg`, connecting (and starting a tracker) first if needed.
+///
+/// # Errors
+///
+/// When no tracker can be reached or started (for example when a program that never called
+/// the start-up hook creates tracked memory).
+pub(crate) fn send(msg: &Msg) -> io::Result<()> {
+    let bytes = codec::encode(msg).map_err(io::Error::other)?;
+    let seed = Seed::now();
+    let mut client = lock_client();
+    // One retry: a tracker may have exited between two messages (its last other user gone
+    // and this process's connection found closed).
+    for attempt in 0..2 {
+        let me = sys::caller().0;
+        if client.as_ref().is_none_or(|c| c.pid != me) {
+            *client = Some(connect_or_start(&seed)?);
+        }
+        let Some(c) = client.as_ref() else {
+            continue;
+        };
+        match sys::send_frame(
+            c.sock.as_slice()[0].as_fd(),
+            &bytes,
+            &[],
+            Some(START_TIMEOUT),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 0 => {
+                tracing_note(&e);
+                *client = None;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the segment tracker is unreachable"))
+}
+
+fn tracing_note(_e: &io::Error) {
+    // A broken connection means the tracker is gone; the retry starts another.
+}
+
+/// Sends `msg` if a tracker can be reached, ignoring failures (detaching, in `Drop`).
+pub(crate) fn send_quietly(msg: &Msg) {
+    let _ = send(msg);
+}
+
+/// In a fork child: the parent's connection is the parent's (its descriptor was pointed at
+/// /dev/null with the other parent-only descriptors).
+pub(crate) fn after_fork_in_child(client: &mut Option<Client>) {
+    if let Some(c) = client.take() {
+        // Forgotten, not freed: see `registry::after_fork_in_child`.
+        std::mem::forget(c);
+    }
+}
+
+/// What starting a tracker needs, read before the client lock is taken (the fork path takes
+/// the identity lock first).
+struct Seed {
+    address: Vec<u8>,
+    me: Me,
+}
+
+impl Seed {
+    fn now() -> Self {
+        tree::with(|me| Self {
+            address: address_for(&me.authkey),
+            me: Me {
+                name: "SegmentTracker".to_owned(),
+                identity: Vec::new(),
+                daemon: true,
+                authkey: me.authkey,
+                parent: Some(ParentInfo {
+                    name: me.name.clone(),
+                    pid: sys::getpid().as_raw_nonzero().get(),
+                }),
+                next_child: 1,
+            },
+        })
+    }
+}
+
+/// The tracker's abstract socket name: one per program (the authkey is the program's).
+fn address_for(authkey: &[u8; 32]) -> Vec<u8> {
+    let digest = Sha256::new()
+        .chain_update(b"multiproc-segment-tracker")
+        .chain_update(authkey)
+        .finalize();
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("multiproc-tracker-{hex}").into_bytes()
+}
+
+fn connect_or_start(seed: &Seed) -> io::Result<Client> {
+    let me = sys::caller().0;
+    if let Ok(sock) = connect(&seed.address) {
+        return Ok(Client {
+            pid: me,
+            sock: HeldFds::new(vec![OwnedFd::from(sock)]),
+        });
+    }
+    let channel = start(seed)?;
+    Ok(Client {
+        pid: me,
+        sock: HeldFds::new(vec![OwnedFd::from(channel)]),
+    })
+}
+
+/// Connects to a running tracker and waits for its confirmation byte.
+fn connect(address: &[u8]) -> io::Result<UnixStream> {
+    let addr = SocketAddr::from_abstract_name(address)?;
+    let mut sock = UnixStream::connect_addr(&addr)?;
+    if !sys::peer_is_same_user(sock.as_fd()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the segment tracker's socket belongs to another user",
+        ));
+    }
+    sock.set_read_timeout(Some(START_TIMEOUT))?;
+    let mut hello = [0u8; 1];
+    sock.read_exact(&mut hello)?;
+    sock.set_read_timeout(None)?;
+    Ok(sock)
+}
+
+/// Starts a tracker (spawned like the forkserver, so it begins clean) and returns the
+/// start-up channel, which is this process's connection. If another process won the race to
+/// listen, connects to that one instead.
+fn start(seed: &Seed) -> io::Result<UnixStream> {
+    let hook = start::require_hook().map_err(io::Error::other)?;
+    let boot = Bootstrap {
+        build_id: callable::build_identity().to_vec(),
+        me: seed.me.clone(),
+        forkserver: None,
+        start_method: None,
+        hook,
+        stdin_attached: false,
+        stdout_attached: false,
+        task: Task::Tracker,
+    };
+    let launched = spawn::spawn_with(
+        sys::self_exe(),
+        Instructions {
+            boot,
+            fds: Vec::new(),
+        },
+    )
+    .map_err(io::Error::other)?;
+    let mut reader = FrameReader::default();
+    let frame = reader.recv_frame(launched.channel.as_fd(), Some(START_TIMEOUT));
+    let answer = match frame {
+        Ok(Some(f)) => codec::decode::<Report>(&f.bytes).ok(),
+        _ => None,
+    };
+    match answer {
+        Some(Report::TrackerReady) => {
+            // The tracker outlives this call and is reaped by whoever adopts it; its pidfd is
+            // not needed (its end shows on the channel).
+            Ok(launched.channel)
+        }
+        Some(Report::TrackerBusy) => {
+            sys::kill_and_reap(launched.pid);
+            connect(&seed.address)
+        }
+        _ => {
+            sys::kill_and_reap(launched.pid);
+            Err(io::Error::other("the segment tracker did not start"))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// What the tracker knows of one name.
+#[derive(Default)]
+struct Entry {
+    /// The program created it (so it is the program's to unlink).
+    created: bool,
+    /// Encodings sent without a descriptor and not yet received (may dip below zero for a
+    /// moment when a `Received` is read before its `InTransit`).
+    transit: i64,
+}
+
+/// One connected process.
+struct Conn {
+    sock: UnixStream,
+    reader: FrameReader,
+    /// Attachments of this process, per name.
+    refs: HashMap<String, i64>,
+}
+
+struct Tracker {
+    names: HashMap<String, Entry>,
+    conns: Vec<Conn>,
+}
+
+impl Tracker {
+    fn total(&self, name: &str) -> i64 {
+        let attached: i64 = self.conns.iter().filter_map(|c| c.refs.get(name)).sum();
+        attached + self.names.get(name).map_or(0, |e| e.transit)
+    }
+
+    fn apply(&mut self, conn: usize, msg: Msg) {
+        match msg {
+            Msg::Created(name) => {
+                self.names.entry(name.clone()).or_default().created = true;
+                self.attach(conn, name, 1);
+            }
+            Msg::Forget(name) => {
+                self.attach(conn, name.clone(), -1);
+                if let Some(e) = self.names.get_mut(&name) {
+                    e.created = false;
+                }
+                self.settle(&name);
+            }
+            Msg::Attached(name) => self.attach(conn, name, 1),
+            Msg::Detached(name) => {
+                self.attach(conn, name.clone(), -1);
+                self.settle(&name);
+            }
+            Msg::InTransit(name) => self.names.entry(name).or_default().transit += 1,
+            Msg::Received(name) => {
+                self.names.entry(name.clone()).or_default().transit -= 1;
+                self.attach(conn, name.clone(), 1);
+                self.settle(&name);
+            }
+            Msg::Unlinked(name) => {
+                if let Some(e) = self.names.get_mut(&name) {
+                    e.created = false;
+                }
+                self.settle(&name);
+            }
+        }
+    }
+
+    fn attach(&mut self, conn: usize, name: String, delta: i64) {
+        self.names.entry(name.clone()).or_default();
+        if let Some(c) = self.conns.get_mut(conn) {
+            let n = c.refs.entry(name.clone()).or_insert(0);
+            *n += delta;
+            if *n == 0 {
+                c.refs.remove(&name);
+            }
+        }
+    }
+
+    /// Unlinks (if the program's) and forgets `name` once nothing holds it.
+    fn settle(&mut self, name: &str) {
+        if self.total(name) > 0 {
+            return;
+        }
+        let held = self.conns.iter().any(|c| c.refs.contains_key(name));
+        let transit = self.names.get(name).map_or(0, |e| e.transit);
+        if let Some(e) = self.names.get(name) {
+            if e.created {
+                let _ = sys::shm_unlink(name);
+                self.names.remove(name);
+            } else if !held && transit == 0 {
+                self.names.remove(name);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, i: usize) {
+        let conn = self.conns.swap_remove(i);
+        for name in conn.refs.keys() {
+            self.settle(name);
+        }
+    }
+
+    fn unlink_all(&mut self) {
+        for (name, e) in self.names.drain() {
+            if e.created {
+                let _ = sys::shm_unlink(&name);
+            }
+        }
+    }
+}
+
+/// The tracker's main loop; `channel` leads to the process that started it and counts as
+/// its first connection.
+pub(crate) fn serve(channel: UnixStream) -> ! {
+    // Ctrl-C and a polite SIGTERM to the process group are the program's business: the
+    // tracker must outlive the processes it cleans up after.
+    sys::ignore_sigint(true);
+    sys::ignore_sigterm();
+    let address = tree::with(|me| address_for(&me.authkey));
+    let listener =
+        match SocketAddr::from_abstract_name(&address).and_then(|a| UnixListener::bind_addr(&a)) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                bootstrap::send_report(&channel, &Report::TrackerBusy);
+                sys::exit_now(0)
+            }
+            Err(_) => sys::exit_now(1),
+        };
+    if listener.set_nonblocking(true).is_err() || channel.set_nonblocking(true).is_err() {
+        sys::exit_now(1);
+    }
+    bootstrap::send_report(&channel, &Report::TrackerReady);
+    // Hold none of the program's standard streams: a reader of its output waits for end of
+    // file, and the tracker may outlive the program's last process by a moment.
+    for fd in 0..3 {
+        sys::neutralize_fd(fd);
+    }
+    let mut t = Tracker {
+        names: HashMap::new(),
+        conns: vec![Conn {
+            sock: channel,
+            reader: FrameReader::with_limit(4096),
+            refs: HashMap::new(),
+        }],
+    };
+    while !t.conns.is_empty() {
+        let mut fds = vec![listener.as_fd()];
+        fds.extend(t.conns.iter().map(|c| c.sock.as_fd()));
+        let ready = match sys::poll_fds(&fds, None) {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        drop(fds);
+        let mut gone = Vec::new();
+        for &i in &ready {
+            if i == 0 {
+                accept_all(&listener, &mut t);
+                continue;
+            }
+            let c = i - 1;
+            let conn = &mut t.conns[c];
+            let open = conn.reader.fill(conn.sock.as_fd(), false).unwrap_or(false);
+            let mut msgs = Vec::new();
+            while let Ok(Some(frame)) = conn.reader.next_frame() {
+                if let Ok(msg) = codec::decode::<Msg>(&frame.bytes) {
+                    msgs.push(msg);
+                }
+            }
+            for msg in msgs {
+                if valid_name(msg_name(&msg)) {
+                    t.apply(c, msg);
+                }
+            }
+            if !open {
+                gone.push(c);
+            }
+        }
+        gone.sort_unstable();
+        for c in gone.into_iter().rev() {
+            t.drop_conn(c);
+        }
+    }
+    // Nobody is left: stop listening first, so a late client starts a new tracker rather
+    // than talk to this one, then clean up.
+    drop(listener);
+    t.unlink_all();
+    sys::exit_now(0)
+}
+
+fn accept_all(listener: &UnixListener, t: &mut Tracker) {
+    while let Ok((sock, _)) = listener.accept() {
+        if !sys::peer_is_same_user(sock.as_fd()) {
+            continue;
+        }
+        let ok = sock.set_nonblocking(true).is_ok()
+            && sys::send_all(sock.as_fd(), [&[1u8], &[], &[]], &[], Some(deadline())).is_ok();
+        if ok {
+            t.conns.push(Conn {
+                sock,
+                reader: FrameReader::with_limit(4096),
+                refs: HashMap::new(),
+            });
+        }
+    }
+}
+
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(1)
+}
+
+fn msg_name(msg: &Msg) -> &str {
+    match msg {
+        Msg::Created(n)
+        | Msg::Forget(n)
+        | Msg::Attached(n)
+        | Msg::Detached(n)
+        | Msg::InTransit(n)
+        | Msg::Received(n)
+        | Msg::Unlinked(n) => n,
+    }
+}
+
+/// A name the tracker may act on: what `shm_open` accepts, one path component.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 250 && !name.contains('/') && name != "." && name != ".."
+}

@@ -1,0 +1,156 @@
+//! SharedMemory across real processes: access from children under every start method, names
+//! CPython's way, nothing left in /dev/shm after normal use or after SIGKILL, attaching never
+//! destroying, untracked segments surviving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use multiproc::{Connection, Context, Process, SharedMemory, ShmError, get_context, pipe};
+
+const LONG: Duration = Duration::from_secs(20);
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
+fn each_method(mut f: impl FnMut(&Context)) {
+    for name in METHODS {
+        f(&get_context(name).unwrap());
+    }
+}
+
+fn finish<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
+    p.start().unwrap();
+    let m = p.start_method();
+    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
+    p.join_result()
+        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
+}
+
+fn exists(name: &str) -> bool {
+    Path::new("/dev/shm").join(name).exists()
+}
+
+/// Waits (bounded) until the tracker has removed `name`: it runs in another process, so the
+/// removal follows the last drop by a message.
+fn gone_soon(name: &str) -> bool {
+    let deadline = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < deadline {
+        if !exists(name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn write_in_child((shm, offset, data): (SharedMemory, usize, Vec<u8>)) -> Vec<u8> {
+    shm.write(offset, &data).unwrap();
+    shm.to_vec()
+}
+
+#[multiproc::test]
+fn a_child_writes_what_the_parent_reads_under_every_start_method() {
+    each_method(|ctx| {
+        let shm = SharedMemory::create(8).unwrap();
+        assert!(shm.name().starts_with("psm_") && shm.name().len() == 12);
+        let seen = finish(ctx.process(write_in_child, (shm.clone(), 2, vec![1, 2, 3])));
+        assert_eq!(seen, [0, 0, 1, 2, 3, 0, 0, 0]);
+        assert_eq!(shm.to_vec(), seen);
+        let name = shm.name().to_owned();
+        drop(shm);
+        assert!(gone_soon(&name), "{name} left behind");
+    });
+}
+
+fn attach_by_name(name: String) -> u8 {
+    let shm = SharedMemory::attach(&name).unwrap();
+    let mut b = [0u8; 1];
+    shm.read(0, &mut b).unwrap();
+    b[0]
+}
+
+#[multiproc::test]
+fn attaching_by_name_in_a_child_does_not_destroy_it_at_the_childs_exit() {
+    each_method(|ctx| {
+        let shm = SharedMemory::create(4).unwrap();
+        shm.write(0, &[42]).unwrap();
+        assert_eq!(
+            finish(ctx.process(attach_by_name, shm.name().to_owned())),
+            42
+        );
+        assert!(exists(shm.name()));
+        assert_eq!(SharedMemory::attach(shm.name()).unwrap().to_vec()[0], 42);
+    });
+}
+
+fn hold_and_report(conn: Connection<String>) {
+    let shm = SharedMemory::create(4096).unwrap();
+    let mut conn = conn;
+    conn.send(&shm.name().to_owned()).unwrap();
+    // Wait for the parent, which kills us.
+    let _ = conn.recv();
+}
+
+#[multiproc::test]
+fn a_segment_of_a_killed_process_is_removed() {
+    each_method(|ctx| {
+        let (mut here, there) = pipe::<String>(true).unwrap();
+        let mut p = ctx.process(hold_and_report, there);
+        p.start().unwrap();
+        let name = here.recv_timeout(LONG).unwrap();
+        assert!(exists(&name));
+        p.kill().unwrap();
+        p.join_timeout(LONG).unwrap();
+        assert!(gone_soon(&name), "{name} outlived its killed creator");
+    });
+}
+
+fn send_back(conn: Connection<SharedMemory>) {
+    let shm = SharedMemory::create(16).unwrap();
+    shm.write(0, b"from the child").unwrap();
+    let mut conn = conn;
+    conn.send(&shm).unwrap();
+}
+
+#[multiproc::test]
+fn a_segment_sent_by_a_child_that_exits_still_arrives() {
+    each_method(|ctx| {
+        let (mut here, there) = pipe::<SharedMemory>(true).unwrap();
+        finish(ctx.process(send_back, there));
+        let shm = here.recv_timeout(LONG).unwrap();
+        assert_eq!(&shm.to_vec()[..14], b"from the child");
+    });
+}
+
+#[multiproc::test]
+fn untracked_segments_outlive_their_handles_until_unlinked() {
+    let name = format!("mp_test_untracked_{}", std::process::id());
+    let shm = SharedMemory::builder()
+        .name(&name)
+        .size(10)
+        .untracked()
+        .create()
+        .unwrap();
+    drop(shm);
+    let again = SharedMemory::attach(&name).unwrap();
+    assert_eq!(again.size(), 10);
+    again.unlink().unwrap();
+    assert!(!exists(&name));
+    assert!(matches!(again.unlink(), Err(ShmError::NotFound(_))));
+}
+
+#[multiproc::test]
+fn bad_names_and_sizes_are_typed_errors() {
+    assert!(matches!(SharedMemory::create(0), Err(ShmError::ZeroSize)));
+    assert!(matches!(
+        SharedMemory::attach("a/b"),
+        Err(ShmError::InvalidName(_))
+    ));
+    assert!(matches!(
+        SharedMemory::attach("psm_definitely_missing"),
+        Err(ShmError::NotFound(_))
+    ));
+    let shm = SharedMemory::create(4).unwrap();
+    assert!(matches!(
+        shm.write(3, &[1, 2]),
+        Err(ShmError::OutOfBounds { .. })
+    ));
+}
