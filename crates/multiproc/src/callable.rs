@@ -119,7 +119,40 @@ fn run_target<A: DeserializeOwned, R: Serialize>(
     codec::encode(&result).map_err(|e| RunError::EncodeResult(e.to_string()))
 }
 
+fn noop() {}
+
+/// Calls a plain `fn()` (a Barrier's action).
+fn run_action(target: usize, _args: &[u8], _fds: Vec<OwnedFd>) -> RunResult {
+    // SAFETY:
+    // - `target` was produced by `Callable::action` from a `fn()` (here, or in an identical
+    //   image: the caller checks the build identity), paired with this runner only;
+    // - function pointers and `usize` have the same size on every supported target.
+    let f = unsafe { std::mem::transmute::<usize, fn()>(target) };
+    f();
+    Ok(Vec::new())
+}
+
 impl Callable {
+    /// Wraps a plain action (no arguments, no result).
+    pub(crate) fn action(f: fn()) -> Self {
+        Self {
+            runner: run_action,
+            target: f as usize,
+        }
+    }
+
+    /// The plain action this wraps, if it was made by [`Callable::action`].
+    pub(crate) fn as_action(&self) -> fn() {
+        if self.runner as *const () as usize == run_action as *const () as usize {
+            // SAFETY:
+            // - the runner is `run_action`, which is only ever paired with a `fn()` target
+            //   (see `Callable::action`); pointers and `usize` have the same size.
+            unsafe { std::mem::transmute::<usize, fn()>(self.target) }
+        } else {
+            noop
+        }
+    }
+
     /// Wraps a target; the types travel in the runner.
     pub(crate) fn new<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Self {
         Self {

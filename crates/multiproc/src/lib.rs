@@ -111,6 +111,7 @@ pub mod guide;
 mod process;
 pub mod shm;
 mod start;
+pub mod sync;
 mod sys;
 
 pub use bootstrap::init;
@@ -127,6 +128,10 @@ pub use process::tree::{
 };
 pub use process::{ChildProcess, Process, active_children};
 pub use shm::{SharedMemory, SharedMemoryBuilder, ShmError};
+pub use sync::{
+    AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
+    Semaphore, SyncError,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -360,3 +360,32 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
     };
     Ok(Arc::new(seg))
 }
+
+/// Decodes a typed segment and checks that it holds `kind` of `elem_size`-byte elements
+/// tagged `type_tag`; returns it with the element count from its header.
+pub(crate) fn deserialize_typed<'de, D: Deserializer<'de>>(
+    d: D,
+    kind: Kind,
+    elem_size: u64,
+    type_tag: u64,
+) -> Result<(Arc<Segment>, u64), D::Error> {
+    let seg = deserialize_segment(d)?;
+    let len = seg
+        .check_header(kind, elem_size, type_tag)
+        .map_err(de::Error::custom)?;
+    Ok((seg, len))
+}
+
+/// A word no segment owns, handed out instead of panicking if an offset were ever wrong
+/// (every offset is checked against the segment's size when the object is made).
+static SPARE_WORD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Segment {
+    /// The `i`-th 32-bit word after a typed segment's header.
+    #[inline]
+    pub(crate) fn word(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
+        self.map
+            .atomic_u32(HEADER_LEN + 4 * i)
+            .unwrap_or(&SPARE_WORD)
+    }
+}
