@@ -259,8 +259,10 @@ fn start(seed: &Seed) -> io::Result<UnixStream> {
 /// What the tracker knows of one name.
 #[derive(Default)]
 struct Entry {
-    /// The program created it (so it is the program's to unlink).
-    created: bool,
+    /// How many creations by the program are standing (a failed attempt on a name another
+    /// creator holds takes back only its own); above zero, the name is the program's to
+    /// unlink.
+    created: i64,
     /// Encodings sent without a descriptor and not yet received (may dip below zero for a
     /// moment when a `Received` is read before its `InTransit`).
     transit: i64,
@@ -277,6 +279,9 @@ struct Conn {
 struct Tracker {
     names: HashMap<String, Entry>,
     conns: Vec<Conn>,
+    /// Names to unlink now (kept apart from the bookkeeping so it can be tested without
+    /// touching /dev/shm).
+    doomed: Vec<String>,
 }
 
 impl Tracker {
@@ -288,13 +293,13 @@ impl Tracker {
     fn apply(&mut self, conn: usize, msg: Msg) {
         match msg {
             Msg::Created(name) => {
-                self.names.entry(name.clone()).or_default().created = true;
+                self.names.entry(name.clone()).or_default().created += 1;
                 self.attach(conn, name, 1);
             }
             Msg::Forget(name) => {
                 self.attach(conn, name.clone(), -1);
                 if let Some(e) = self.names.get_mut(&name) {
-                    e.created = false;
+                    e.created -= 1;
                 }
                 self.settle(&name);
             }
@@ -311,7 +316,7 @@ impl Tracker {
             }
             Msg::Unlinked(name) => {
                 if let Some(e) = self.names.get_mut(&name) {
-                    e.created = false;
+                    e.created = 0;
                 }
                 self.settle(&name);
             }
@@ -337,8 +342,8 @@ impl Tracker {
         let held = self.conns.iter().any(|c| c.refs.contains_key(name));
         let transit = self.names.get(name).map_or(0, |e| e.transit);
         if let Some(e) = self.names.get(name) {
-            if e.created {
-                let _ = sys::shm_unlink(name);
+            if e.created > 0 {
+                self.doomed.push(name.to_owned());
                 self.names.remove(name);
             } else if !held && transit == 0 {
                 self.names.remove(name);
@@ -353,11 +358,17 @@ impl Tracker {
         }
     }
 
-    fn unlink_all(&mut self) {
+    fn doom_all(&mut self) {
         for (name, e) in self.names.drain() {
-            if e.created {
-                let _ = sys::shm_unlink(&name);
+            if e.created > 0 {
+                self.doomed.push(name);
             }
+        }
+    }
+
+    fn unlink_doomed(&mut self) {
+        for name in self.doomed.drain(..) {
+            let _ = sys::shm_unlink(&name);
         }
     }
 }
@@ -389,6 +400,7 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
         sys::neutralize_fd(fd);
     }
     let mut t = Tracker {
+        doomed: Vec::new(),
         names: HashMap::new(),
         conns: vec![Conn {
             sock: channel,
@@ -432,11 +444,13 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
         for c in gone.into_iter().rev() {
             t.drop_conn(c);
         }
+        t.unlink_doomed();
     }
     // Nobody is left: stop listening first, so a late client starts a new tracker rather
     // than talk to this one, then clean up.
     drop(listener);
-    t.unlink_all();
+    t.doom_all();
+    t.unlink_doomed();
     sys::exit_now(0)
 }
 
@@ -476,4 +490,116 @@ fn msg_name(msg: &Msg) -> &str {
 /// A name the tracker may act on: what `shm_open` accepts, one path component.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 250 && !name.contains('/') && name != "." && name != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(conns: usize) -> Tracker {
+        Tracker {
+            names: HashMap::new(),
+            conns: (0..conns)
+                .map(|_| {
+                    let (a, _b) = UnixStream::pair().unwrap();
+                    // The peer end is dropped: these connections are bookkeeping only.
+                    Conn {
+                        sock: a,
+                        reader: FrameReader::default(),
+                        refs: HashMap::new(),
+                    }
+                })
+                .collect(),
+            doomed: Vec::new(),
+        }
+    }
+
+    fn s(x: &str) -> String {
+        x.to_owned()
+    }
+
+    #[test]
+    fn the_last_detach_unlinks_what_the_program_created() {
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(1, Msg::Attached(s("a")));
+        t.apply(0, Msg::Detached(s("a")));
+        assert!(t.doomed.is_empty());
+        t.apply(1, Msg::Detached(s("a")));
+        assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn a_failed_creation_takes_back_only_its_own_claim() {
+        let mut t = tracker(1);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::Forget(s("a")));
+        assert!(t.doomed.is_empty());
+        t.apply(0, Msg::Detached(s("a")));
+        assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn foreign_names_are_counted_but_never_unlinked() {
+        let mut t = tracker(1);
+        t.apply(0, Msg::Attached(s("python")));
+        t.apply(0, Msg::Detached(s("python")));
+        t.drop_conn(0);
+        t.doom_all();
+        assert!(t.doomed.is_empty());
+        assert!(t.names.is_empty());
+    }
+
+    #[test]
+    fn a_transit_keeps_the_name_until_received_in_either_order() {
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::InTransit(s("a")));
+        t.apply(0, Msg::Detached(s("a")));
+        assert!(t.doomed.is_empty(), "held by the encoding in transit");
+        t.apply(1, Msg::Received(s("a")));
+        assert!(t.doomed.is_empty());
+        t.apply(1, Msg::Detached(s("a")));
+        assert_eq!(t.doomed, [s("a")]);
+
+        // The receiver's message read first: the sender's attachment still holds it.
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("b")));
+        t.apply(1, Msg::Received(s("b")));
+        t.apply(0, Msg::InTransit(s("b")));
+        t.apply(0, Msg::Detached(s("b")));
+        assert!(t.doomed.is_empty());
+        t.apply(1, Msg::Detached(s("b")));
+        assert_eq!(t.doomed, [s("b")]);
+    }
+
+    #[test]
+    fn a_dead_connection_lets_go_of_everything_it_held() {
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::Attached(s("a")));
+        t.apply(1, Msg::Attached(s("a")));
+        t.drop_conn(0);
+        assert!(t.doomed.is_empty());
+        t.drop_conn(0);
+        assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn an_explicit_unlink_stops_tracking() {
+        let mut t = tracker(1);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::Unlinked(s("a")));
+        t.apply(0, Msg::Detached(s("a")));
+        assert!(t.doomed.is_empty());
+    }
+
+    #[test]
+    fn names_that_could_escape_dev_shm_are_refused() {
+        assert!(valid_name("psm_1234abcd"));
+        for bad in ["", ".", "..", "a/b", &"x".repeat(251)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
 }
