@@ -26,4 +26,8 @@
 //! | `set_executable(path)` | [`Context::set_executable`](crate::Context::set_executable) | must be a build of the same program |
 //! | `if __name__ == '__main__':` | [`#[multiproc::main]`](crate::main) or [`init()`](crate::init) | the start-up hook |
 //! | `multiprocessing.forkserver.ensure_running()` | [`ensure_forkserver`](crate::ensure_forkserver) | |
+//! | `shared_memory.SharedMemory` | [`SharedMemory`](crate::SharedMemory) | tracked by default: unlinked when the program's last user lets go |
+//! | `Lock()`, `RLock()` | [`Lock`](crate::Lock), [`RLock`](crate::RLock) | guards; a dead holder is reported ([`AcquireError::OwnerDied`](crate::AcquireError)) |
+//! | `Semaphore`, `BoundedSemaphore` | [`Semaphore`](crate::Semaphore), [`BoundedSemaphore`](crate::BoundedSemaphore) | |
+//! | `Condition`, `Event`, `Barrier` | [`Condition`](crate::Condition), [`Event`](crate::Event), [`Barrier`](crate::Barrier) | |
 //! | `ProcessError`, `TimeoutError` | [`ProcessError`](crate::ProcessError), [`ChildError`](crate::ChildError) | |

@@ -19,6 +19,12 @@
 //!   [`recv_some`] receives and collects descriptors; [`claim_fds`] gives each message the
 //!   descriptors that came with it (channel frames use the same three). [`listen`],
 //!   [`accept`] and [`connect`] cover Unix paths, abstract names and TCP, with deadlines.
+//! - **Shared memory** (`linux/shm.rs`): POSIX shared memory objects by name ([`shm_create`]
+//!   creates exclusively, mode 0600), whole-object shared [`Mapping`]s that unmap on drop and
+//!   hand out only bounds- and alignment-checked atomics, copies, or `unsafe` slices;
+//!   [`futex_wait`] / [`futex_wake`] on shared (never private) futex words; [`caller`] gives
+//!   the pid and tid a lock records (cached per thread, refreshed after any fork);
+//!   [`process_alive`] tells a lock's waiter whether its owner still exists.
 //! - **Process control** that is unsafe by nature (`fork`, `_exit`, `atexit`, editing the
 //!   environment) is wrapped here with its preconditions written down; callers outside this
 //!   module never write `unsafe` for it, except the one `fork` call site in `start/fork.rs`.
