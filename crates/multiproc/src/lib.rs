@@ -127,7 +127,7 @@ pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };
 pub use process::{ChildProcess, Process, active_children};
-pub use shm::{SharedMemory, SharedMemoryBuilder, ShmError};
+pub use shm::{ListError, ListItem, ShareableList, SharedMemory, SharedMemoryBuilder, ShmError};
 pub use sync::{
     AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore, SyncError,

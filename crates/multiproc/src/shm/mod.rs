@@ -22,7 +22,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub(crate) mod segment;
+mod shareable_list;
 pub(crate) mod tracker;
+pub use shareable_list::{ListError, ListItem, ShareableList};
 
 use segment::{Segment, Tracking};
 

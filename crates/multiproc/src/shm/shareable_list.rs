@@ -3,7 +3,8 @@
 //!
 //! # The layout
 //!
-//! CPython 3.8 to 3.13 share one layout (the class is the same in 3.11.7, 3.12.1 and 3.13.0).
+//! CPython 3.9 to 3.13 share one layout (the class is the same, line for line, in 3.9.18,
+//! 3.10.13, 3.11.7, 3.12.1 and 3.13.0; 3.8 wrote another one, not supported here).
 //! Every integer is in the machine's byte order (`struct`'s native `@` mode; no padding
 //! arises, as every field below begins at a multiple of 8):
 //!
