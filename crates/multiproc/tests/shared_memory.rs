@@ -154,3 +154,144 @@ fn bad_names_and_sizes_are_typed_errors() {
         Err(ShmError::OutOfBounds { .. })
     ));
 }
+
+// -------------------------------------------------------------------------------------------
+// CPython interop: by name, both ways
+
+/// `python3` (required) and CPython 3.13 from pyenv (skipped with a message if missing).
+fn interpreters() -> Vec<std::path::PathBuf> {
+    let mut found = vec![std::path::PathBuf::from("python3")];
+    match std::process::Command::new("pyenv")
+        .args(["prefix", "3.13.0"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let prefix = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            found.push(Path::new(&prefix).join("bin/python3"));
+        }
+        _ => eprintln!("skipping CPython 3.13: pyenv has no 3.13.0"),
+    }
+    found
+}
+
+/// Attaches (or creates) without letting Python's resource tracker unlink the segment at
+/// Python's exit (CPython gh-82300): `track=False` where it exists (3.13), else unregister.
+const PY: &str = r#"
+import sys
+from multiprocessing import shared_memory, resource_tracker
+op, name = sys.argv[1], sys.argv[2]
+kw = {"track": False} if sys.version_info >= (3, 13) else {}
+if op == "attach":
+    shm = shared_memory.SharedMemory(name=name, **kw)
+    print(bytes(shm.buf[:4]).decode(), shm.size >= 16)
+    shm.buf[4:6] = b"py"
+else:
+    shm = shared_memory.SharedMemory(name=name, create=True, size=32, **kw)
+    shm.buf[:5] = b"hello"
+if not kw:
+    resource_tracker.unregister(shm._name, "shared_memory")
+shm.close()
+"#;
+
+fn run_python(py: &Path, op: &str, name: &str) -> String {
+    let out = std::process::Command::new(py)
+        .args(["-c", PY, op, name])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{} {op}: {stderr}",
+        py.display()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[multiproc::test]
+fn cpython_attaches_to_ours_and_we_attach_to_cpythons() {
+    for py in interpreters() {
+        let ours = SharedMemory::create(16).unwrap();
+        ours.write(0, b"rust").unwrap();
+        assert_eq!(run_python(&py, "attach", ours.name()), "rust True");
+        assert_eq!(&ours.to_vec()[..6], b"rustpy");
+
+        let name = format!("psm_interop_{}", std::process::id());
+        run_python(&py, "create", &name);
+        let theirs = SharedMemory::attach(&name).unwrap();
+        assert_eq!(&theirs.to_vec()[..5], b"hello");
+        assert_eq!(theirs.size(), 32);
+        drop(theirs);
+        // Attaching and letting go never removes what someone else made.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(exists(&name), "{name} removed by an attacher");
+        SharedMemory::attach(&name).unwrap().unlink().unwrap();
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// The main process killed
+
+fn hold(shm: SharedMemory) {
+    // A daemonic child: it dies with its parent, however the parent dies.
+    let _keep = shm;
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// The body of a separate program (this test binary run again, see below): makes a segment,
+/// gives it to a daemonic child, prints its name, and waits to be killed.
+#[multiproc::test]
+#[ignore = "run by a_killed_main_process_leaves_nothing_behind as its own program"]
+fn program_that_is_killed() {
+    if std::env::var_os("MULTIPROC_TEST_KILLED_PROGRAM").is_none() {
+        return;
+    }
+    let shm = SharedMemory::create(4096).unwrap();
+    let lock = multiproc::Lock::new().unwrap();
+    let mut child = get_context("spawn")
+        .unwrap()
+        .process(hold, shm.clone())
+        .daemon(true);
+    child.start().unwrap();
+    println!("NAMES {} {:?}", shm.name(), lock);
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn a_killed_main_process_leaves_nothing_behind() {
+    use std::io::BufRead;
+    let mut program = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "program_that_is_killed",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_KILLED_PROGRAM", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = program.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("NAMES ").map(|(_, rest)| rest.to_owned()))
+        .expect("the program printed its segments");
+    let shm_name = line.split(' ').next().unwrap().to_owned();
+    let lock_name = line
+        .split('"')
+        .nth(1)
+        .expect("the lock's segment name")
+        .to_owned();
+    assert!(exists(&shm_name) && exists(&lock_name));
+    program.kill().unwrap(); // SIGKILL
+    program.wait().unwrap();
+    assert!(
+        gone_soon(&shm_name),
+        "{shm_name} outlived the killed program"
+    );
+    assert!(
+        gone_soon(&lock_name),
+        "{lock_name} outlived the killed program"
+    );
+}
