@@ -143,7 +143,7 @@ impl Callable {
 
     /// The plain action this wraps, if it was made by [`Callable::action`].
     pub(crate) fn as_action(&self) -> fn() {
-        if self.runner as *const () as usize == run_action as *const () as usize {
+        if std::ptr::eq(self.runner as *const (), run_action as *const ()) {
             // SAFETY:
             // - the runner is `run_action`, which is only ever paired with a `fn()` target
             //   (see `Callable::action`); pointers and `usize` have the same size.

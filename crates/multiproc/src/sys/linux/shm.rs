@@ -67,13 +67,6 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::other("negative size"))
 }
 
-/// The system's page size.
-pub(crate) fn page_size() -> usize {
-    // SAFETY: `sysconf` with a valid name has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).unwrap_or(4096)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Mappings
 
