@@ -270,7 +270,8 @@ thread_local! {
 #[inline]
 pub(crate) fn caller() -> (u32, u32) {
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
-    let (g, pid, tid) = WHO.with(Cell::get);
+    // `try_with`: a lock may be used from a thread-local's destructor.
+    let (g, pid, tid) = WHO.try_with(Cell::get).unwrap_or((0, 0, 0));
     if pid != 0 && g == generation {
         return (pid, tid);
     }
@@ -296,7 +297,7 @@ fn caller_slow(generation: u32) -> (u32, u32) {
         .as_raw_nonzero()
         .get()
         .unsigned_abs();
-    WHO.with(|w| w.set((generation, pid, tid)));
+    let _ = WHO.try_with(|w| w.set((generation, pid, tid)));
     (pid, tid)
 }
 
