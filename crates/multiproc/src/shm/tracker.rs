@@ -99,7 +99,14 @@ pub(crate) fn send(msg: &Msg) -> io::Result<()> {
     for attempt in 0..2 {
         let me = sys::caller().0;
         if client.as_ref().is_none_or(|c| c.pid != me) {
-            *client = Some(connect_or_start(&seed)?);
+            // Connecting (or starting a tracker, which may fork) happens without the lock:
+            // a fork takes every multiproc lock, this one after the launch window.
+            drop(client);
+            let fresh = connect_or_start(&seed)?;
+            client = lock_client();
+            if client.as_ref().is_none_or(|c| c.pid != me) {
+                *client = Some(fresh);
+            }
         }
         let Some(c) = client.as_ref() else {
             continue;
@@ -211,7 +218,12 @@ fn connect(address: &[u8]) -> io::Result<UnixStream> {
 /// start-up channel, which is this process's connection. If another process won the race to
 /// listen, connects to that one instead.
 fn start(seed: &Seed) -> io::Result<UnixStream> {
-    let hook = start::require_hook().map_err(io::Error::other)?;
+    let Ok(hook) = start::require_hook() else {
+        // No hook to spawn a clean process with: fork one (its copy of this process's pages
+        // costs nothing until this process writes them).
+        let channel = crate::start::fork::fork_helper(serve)?;
+        return await_ready(channel, None, seed);
+    };
     let boot = Bootstrap {
         build_id: callable::build_identity().to_vec(),
         me: seed.me.clone(),
@@ -230,24 +242,33 @@ fn start(seed: &Seed) -> io::Result<UnixStream> {
         },
     )
     .map_err(io::Error::other)?;
+    let pid = launched.pid;
+    await_ready(launched.channel, Some(pid), seed)
+}
+
+/// Waits for a new tracker's first report; `pid` is ended if it will not serve.
+fn await_ready(channel: UnixStream, pid: Option<sys::Pid>, seed: &Seed) -> io::Result<UnixStream> {
     let mut reader = FrameReader::default();
-    let frame = reader.recv_frame(launched.channel.as_fd(), Some(START_TIMEOUT));
+    let frame = reader.recv_frame(channel.as_fd(), Some(START_TIMEOUT));
     let answer = match frame {
         Ok(Some(f)) => codec::decode::<Report>(&f.bytes).ok(),
         _ => None,
     };
-    match answer {
-        Some(Report::TrackerReady) => {
-            // The tracker outlives this call and is reaped by whoever adopts it; its pidfd is
-            // not needed (its end shows on the channel).
-            Ok(launched.channel)
+    let end = |pid: Option<sys::Pid>| {
+        if let Some(pid) = pid {
+            sys::kill_and_reap(pid);
         }
+    };
+    match answer {
+        // The tracker outlives this call and is reaped by whoever adopts it; its end shows
+        // on the channel.
+        Some(Report::TrackerReady) => Ok(channel),
         Some(Report::TrackerBusy) => {
-            sys::kill_and_reap(launched.pid);
+            end(pid);
             connect(&seed.address)
         }
         _ => {
-            sys::kill_and_reap(launched.pid);
+            end(pid);
             Err(io::Error::other("the segment tracker did not start"))
         }
     }

@@ -128,3 +128,64 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
         Err(e) => Err(ProcessError::Launch(e)),
     }
 }
+
+/// Forks a helper process that must start without the start-up hook (the segment tracker of
+/// a program that never called it): the child gives up the standard streams, closes every
+/// descriptor but its end of a new channel, and runs `serve`, which never returns. The parent
+/// gets its end of the channel. The child is not registered (nothing joins it): it outlives
+/// the program's processes on purpose and is adopted when its parent ends. Never called with
+/// a multiproc lock held.
+pub(crate) fn fork_helper(
+    serve: fn(std::os::unix::net::UnixStream) -> !,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    let _ = sys::dev_null();
+    let (parent_end, child_end) = sys::channel_pair()?;
+    // The same locks, in the same order, as `launch`: the child finds them consistent.
+    let stdout = std::io::stdout().lock();
+    let stderr = std::io::stderr().lock();
+    let window = registry::fork_window();
+    let identity = tree::lock();
+    let reg = registry::lock();
+    let to_parent = bootstrap::lock_to_parent();
+    let client = forkserver::lock_client();
+    let tracker = tracker::lock_client();
+    let hook = bootstrap::lock_hook();
+    let chosen = context::chosen();
+    let connections = endpoint::lock_open();
+    // SAFETY:
+    // - `fork` requires that the child touch no lock another thread might hold: the child
+    //   below releases the locks held right here (consistent in it), then only makes system
+    //   calls and allocates (glibc's allocator is consistent after `fork`); it never returns
+    //   to code that could take a user's lock, and ends with `_exit`.
+    let forked = unsafe { sys::fork() };
+    let keep = child_end.as_raw_fd();
+    drop((
+        identity,
+        reg,
+        to_parent,
+        client,
+        tracker,
+        hook,
+        chosen,
+        connections,
+        stdout,
+        stderr,
+        window,
+    ));
+    match forked? {
+        Forked::Child => {
+            for fd in 0..3 {
+                sys::neutralize_fd(fd);
+            }
+            // The parent's handles in this copy of memory are never dropped: `serve` ends
+            // the process with `_exit`.
+            sys::close_all_fds_except(keep);
+            serve(child_end)
+        }
+        Forked::Parent(_) => {
+            drop(child_end);
+            Ok(parent_end)
+        }
+    }
+}
