@@ -322,3 +322,20 @@ fn is_zombie(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Whether waiters should spin before sleeping: this process may run on more than one CPU.
+/// Read once per process (a system call costs more than a short spin); a child inherits
+/// both its parent's affinity and this answer.
+#[inline]
+pub(crate) fn may_spin() -> bool {
+    static ANSWER: AtomicU32 = AtomicU32::new(0);
+    match ANSWER.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let spin = super::cpus_allowed() > 1;
+            ANSWER.store(if spin { 2 } else { 1 }, Ordering::Relaxed);
+            spin
+        }
+    }
+}
