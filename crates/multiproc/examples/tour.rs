@@ -9,11 +9,17 @@
 //! 4. A panic comes back with its message and where it happened.
 //! 5. Workers stream partial counts back over one-way pipes as they go; `wait` takes whichever
 //!    pipe is ready, and end of file says a worker is done.
+//! 6. Shared memory: workers add their counts to a shared `Value` with an atomic add (no lock)
+//!    and write them into a shared `Array`; a worker killed while it holds a `Lock` does not
+//!    block the next one, which learns that the holder died.
 
 use std::time::{Duration, Instant};
 
 use multiproc::connection::ConnectionError;
-use multiproc::{ChildError, Connection, Context, Process, ProcessError, StartMethod};
+use multiproc::{
+    AcquireError, Array, ChildError, Connection, Context, Event, Lock, LockGuard, Process,
+    ProcessError, StartMethod, Value,
+};
 
 /// Counts the primes in `[lo, hi)` by trial division: honest CPU work.
 fn count_primes((lo, hi): (u64, u64)) -> u64 {
@@ -45,6 +51,23 @@ fn report_progress((mut conn, (lo, hi)): (Connection<u64>, (u64, u64))) {
             .expect("the parent reads");
         at = end;
     }
+}
+
+/// Counts its share of the primes into shared memory: its own slot of `counts`, and the
+/// running `total` by an atomic add.
+fn count_into_shared((total, counts, i, (lo, hi)): (Value<u64>, Array<u64>, usize, (u64, u64))) {
+    let n = count_primes((lo, hi));
+    counts.set(i, n).expect("a slot per worker");
+    total.fetch_add(n);
+}
+
+/// Takes the lock, says so, and hangs while holding it (until it is killed).
+fn hold_lock_and_hang((lock, holding): (Lock, Event)) {
+    if let Ok(guard) = lock.acquire() {
+        LockGuard::forget(guard);
+    }
+    holding.set();
+    std::thread::sleep(Duration::from_secs(3600));
 }
 
 fn divide((a, b): (u32, u32)) -> u32 {
@@ -141,5 +164,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("   {messages} messages from {workers} workers: {total} primes");
+
+    println!("6. shared memory: a Value, an Array, and a Lock whose holder is killed:");
+    let total = Value::new(0u64)?;
+    let counts = Array::<u64>::zeroed(workers as usize)?;
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let range = (i * step, ((i + 1) * step).min(limit));
+        let args = (total.clone(), counts.clone(), i as usize, range);
+        let mut p = Process::new(count_into_shared, args);
+        p.start()?;
+        procs.push(p);
+    }
+    for p in procs {
+        p.join()?;
+    }
+    println!("   per worker {:?}, total {} primes", counts.to_vec()?, total.load());
+    let (lock, holding) = (Lock::new()?, Event::new()?);
+    let mut holder = Process::new(hold_lock_and_hang, (lock.clone(), holding.clone()));
+    holder.start()?;
+    holding.wait_timeout(Duration::from_secs(60));
+    holder.kill()?;
+    holder.join()?;
+    match lock.acquire_timeout(Duration::from_secs(10)) {
+        Err(AcquireError::OwnerDied(_guard)) => {
+            println!("   the holder was killed; the next acquirer got the lock and was told")
+        }
+        Ok(_) => println!("   unexpected: acquired with no word of the holder's death"),
+        Err(AcquireError::Timeout) => println!("   unexpected: the lock stayed held"),
+    }
     Ok(())
 }

@@ -128,6 +128,13 @@ pub use process::tree::{
 };
 pub use process::{ChildProcess, Process, active_children};
 pub use shm::{ListError, ListItem, ShareableList, SharedMemory, SharedMemoryBuilder, ShmError};
+pub use shm::{
+    Array, ArrayError, ArrayGuard, ArrayLockError, AtomicElement, AtomicNumber, Element, RawArray,
+    RawValue, Value, ValueGuard, ValueLock, ValueLockGuard,
+};
+/// bytemuck, whose traits say what a [`Value`] or [`Array`] can hold; its derives work through
+/// this re-export with `#[bytemuck(crate = "multiproc::bytemuck")]`.
+pub use bytemuck::{self, Pod, Zeroable};
 pub use sync::{
     AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore, SyncError,

@@ -21,10 +21,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod array;
 pub(crate) mod segment;
 mod shareable_list;
 pub(crate) mod tracker;
+mod value;
+pub use array::{Array, ArrayError, ArrayGuard, ArrayLockError, RawArray};
 pub use shareable_list::{ListError, ListItem, ShareableList};
+pub use value::{
+    AtomicElement, AtomicNumber, Element, RawValue, Value, ValueGuard, ValueLock, ValueLockGuard,
+};
 
 use segment::{Segment, Tracking};
 
