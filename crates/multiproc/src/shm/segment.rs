@@ -279,6 +279,9 @@ pub(crate) fn create_typed(header: Header, body: usize) -> Result<Arc<Segment>, 
         .checked_add(body)
         .ok_or(ShmError::Io(std::io::Error::other("size overflows")))?;
     let seg = Segment::create(None, "mp_", 24, size, Tracking::Tracked)?;
+    // Typed objects are written at once (and arrays prefaulted): reserve their memory, so a
+    // full /dev/shm is an error now, never a SIGBUS later.
+    sys::reserve(seg.fd.as_fd(), size as u64).map_err(ShmError::Io)?;
     seg.write_header(&header);
     Ok(seg)
 }

@@ -61,6 +61,17 @@ fn shm_path(name: &str) -> String {
     format!("/{name}")
 }
 
+/// Allocates the object's memory now, so that running out of it is an error here
+/// (`ENOSPC`) rather than a SIGBUS at the first write to a page that cannot be had.
+pub(crate) fn reserve(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    Ok(rustix::fs::fallocate(
+        fd,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        size,
+    )?)
+}
+
 /// The size in bytes of the object behind `fd`.
 pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let st = rustix::fs::fstat(fd)?;
