@@ -27,6 +27,9 @@
 //! | `if __name__ == '__main__':` | [`#[multiproc::main]`](crate::main) or [`init()`](crate::init) | the start-up hook |
 //! | `multiprocessing.forkserver.ensure_running()` | [`ensure_forkserver`](crate::ensure_forkserver) | |
 //! | `shared_memory.SharedMemory` | [`SharedMemory`](crate::SharedMemory) | tracked by default: unlinked when the program's last user lets go |
+//! | `shared_memory.ShareableList` | [`ShareableList`](crate::ShareableList) | CPython's layout |
+//! | `Value`, `RawValue` | [`Value`](crate::Value), [`RawValue`](crate::RawValue) | atomics for numbers: [`Value::fetch_add`](crate::Value::fetch_add) |
+//! | `Array`, `RawArray` | [`Array`](crate::Array), [`RawArray`](crate::RawArray) | any [`Pod`](crate::Pod) element |
 //! | `Lock()`, `RLock()` | [`Lock`](crate::Lock), [`RLock`](crate::RLock) | guards; a dead holder is reported ([`AcquireError::OwnerDied`](crate::AcquireError)) |
 //! | `Semaphore`, `BoundedSemaphore` | [`Semaphore`](crate::Semaphore), [`BoundedSemaphore`](crate::BoundedSemaphore) | |
 //! | `Condition`, `Event`, `Barrier` | [`Condition`](crate::Condition), [`Event`](crate::Event), [`Barrier`](crate::Barrier) | |
