@@ -603,12 +603,18 @@ fn tour_main_job() {
         .find(|l| l.contains(" messages from "))
         .unwrap_or_else(|| panic!("no streaming line in:\n{}", run.stdout));
     assert!(streamed.ends_with(": 17984 primes"), "{streamed}");
+    let shared = lines
+        .iter()
+        .find(|l| l.starts_with("per worker "))
+        .unwrap_or_else(|| panic!("no shared memory line in:\n{}", run.stdout));
+    assert!(shared.ends_with(", total 17984 primes"), "{shared}");
     for expected in [
         "the process was killed by signal 6 (SIGABRT)",
         "exitcode Some(-6); the parent carries on",
         "still running after 200 ms: kill",
         "exitcode Some(-9)",
         "exitcode Some(1)",
+        "the holder was killed; the next acquirer got the lock and was told",
     ] {
         assert!(
             lines.contains(&expected),
@@ -1062,4 +1068,212 @@ fn echo_server_bad_arguments() {
         );
         assert!(run.stdout.is_empty(), "{}", run.stdout);
     }
+}
+
+#[test]
+fn s09_semaphore() {
+    let run = run_example("semaphore", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.lines(),
+        [
+            "Semaphore(3)",
+            "get_value() -> 3",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> false",
+            "get_value() -> 0",
+            "release() -> ok",
+            "release() -> ok",
+            "release() -> ok",
+            "release() -> ok",
+            "get_value() -> 4",
+            "a child process: acquire(block=False) twice -> [true, true]",
+            "get_value() in the parent -> 2",
+        ]
+    );
+}
+
+#[test]
+fn s10_bounded_semaphore() {
+    let run = run_example("bounded_semaphore", &[]);
+    run.assert_success();
+    let too_many = "semaphore or lock released too many times";
+    assert_eq!(
+        run.lines(),
+        [
+            "BoundedSemaphore(3)",
+            "get_value() -> 3",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> false",
+            "get_value() -> 0",
+            "release() in a child process -> ok",
+            "release() in a child process -> ok",
+            "release() in a child process -> ok",
+            &format!("release() in a child process -> error: {too_many}"),
+            "get_value() -> 3",
+            &format!("release() -> error: {too_many}"),
+            "get_value() -> 3",
+        ]
+    );
+}
+
+#[test]
+fn s11_lock() {
+    let run = run_example("lock", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.lines(),
+        [
+            "acquire(block=False) -> true",
+            "acquire(block=False) -> false",
+            "a child process: acquire(block=False) -> false",
+            "release() -> ok",
+            "release() -> error: semaphore or lock released too many times",
+            "a child process: acquire(block=False) -> true",
+            "with a guard: locked = true",
+            "after the guard: locked = false",
+        ]
+    );
+}
+
+#[test]
+fn s12_rlock() {
+    let run = run_example("rlock", &[]);
+    run.assert_success();
+    assert_eq!(
+        run.lines(),
+        [
+            "<RLock(None, 0)>",
+            "MainProcess: acquire(block=False) -> true",
+            "<RLock(MainProcess, 1)>",
+            "Process-1: acquire(block=False) -> false  <RLock(SomeOtherProcess, 1)>",
+            "Process-2: release() -> error: attempt to release recursive lock not owned by thread",
+            "MainProcess: acquire(block=False) -> true",
+            "<RLock(MainProcess, 2)>",
+            "MainProcess: release() -> ok  <RLock(MainProcess, 1)>",
+            "Process-3: acquire(block=False) -> false  <RLock(SomeOtherProcess, 1)>",
+            "MainProcess: release() -> ok  <RLock(None, 0)>",
+            "Process-4: acquire(block=False) -> true  <RLock(Process-4, 1)>",
+            "<RLock(SomeOtherProcess, 1)>",
+            "MainProcess: acquire(block=False) -> true: its owner died holding it",
+            "<RLock(MainProcess, 1)>",
+            "<RLock(None, 0)>",
+        ]
+    );
+}
+
+#[test]
+fn s29_shm_no_leak() {
+    let run = run_example("shm_no_leak", &[]);
+    run.assert_success();
+    assert!(run.stderr.is_empty(), "a warning: {}", run.stderr);
+    let names: Vec<&str> = run.after("segments: ").split(' ').collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let lines = run.lines();
+    assert_eq!(
+        lines[..lines.len() - 2],
+        [
+            "the parent made a segment of 64 bytes",
+            "worker 3 was killed with SIGKILL (exit code Some(-9)) holding two segments",
+            "workers 1 and 2 have exited",
+            "worker 1's segment, read after its end: 'made by worker 1'",
+            "worker 2's segment, read after its end: 'made by worker 2'",
+            "worker 3's segment, read after its end: 'made by worker 3'",
+            "the parent's segment after the kill: 'hello from the parent'",
+            "every handle dropped",
+        ]
+    );
+    assert_eq!(lines.last(), Some(&"left in /dev/shm: none"));
+    for name in names {
+        assert!(name.starts_with("psm_"), "{name}");
+        assert!(
+            !Path::new("/dev/shm").join(name).exists(),
+            "{name} left behind"
+        );
+    }
+}
+
+/// Runs the example `name` under each start method (its first argument) and checks that it
+/// succeeds and prints `expected`, whatever the method.
+fn run_under_every_start_method(name: &str, expected: &[&str]) {
+    for method in ["fork", "spawn", "forkserver"] {
+        let run = run_example(name, &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{name} {method}: {}", run.stderr);
+        assert_eq!(run.lines(), expected, "{name} under {method}");
+    }
+}
+
+#[test]
+fn s13_shared_value() {
+    run_under_every_start_method(
+        "shared_value",
+        &[
+            "child: v.value = 100",
+            "parent: v.value += 1",
+            "child: v.value = 101",
+            "parent: v.value = 101",
+            "child exitcode: Some(0)",
+        ],
+    );
+}
+
+#[test]
+fn s14_shared_array() {
+    run_under_every_start_method(
+        "shared_array",
+        &[
+            "child: a[:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            "parent: a[0] = 100",
+            "child: a[:] = [100, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            "parent: a[:] = [100, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            "child exitcode: Some(0)",
+        ],
+    );
+}
+
+#[test]
+fn s15_shared_array_lock() {
+    run_under_every_start_method(
+        "shared_array_lock",
+        &[
+            "parent: holds the array's lock",
+            "child: the lock is held; a[0] = 100 waits for it",
+            "parent: a[:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            "parent: releases the lock",
+            "child: a[0] = 100 written",
+            "parent: a[:] = [100, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            "child exitcode: Some(0)",
+        ],
+    );
+}
+
+#[test]
+fn s30_squares_value_array() {
+    run_under_every_start_method(
+        "squares_value_array",
+        &[
+            "squared_nums: [0, 1, 4, 9, 16, 25]",
+            "squared_nums_total: 55",
+            "6 processes x 10000 additions: fetch_add total 550000, locked total 550000 \
+             (expected 550000)",
+        ],
+    );
+}
+
+#[test]
+fn s31_raw_value() {
+    run_under_every_start_method(
+        "raw_value",
+        &[
+            "raw value: 0 (no lock)",
+            "after the child's set(42): 42",
+            "4 processes x 10000 fetch_add, no lock: 40000 (expected 40000)",
+            "raw array filled by two children: [0, 1, 2, 3, 4, 5, 6, 7]",
+        ],
+    );
 }

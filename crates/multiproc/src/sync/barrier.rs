@@ -9,6 +9,23 @@
 //! | 3 `seq` | bumped at every change waiters care about; they sleep on it |
 //! | 4 `parties` | fixed |
 //! | 5 `timeout_ms` | the default timeout, `u32::MAX` for none |
+//! | 6 `rounds` | rounds released so far (wrapping) |
+//! | 7.. `inside` | one word per party: the pid of a party inside `wait` (counted in `count`), or 0 |
+//!
+//! A waiter remembers `rounds` as it enters: once it moved, its round was released and the
+//! waiter returns its index, even if the barrier was aborted or reset before the waiter woke
+//! to see the state say so (with processes, waking takes tens of microseconds: a party that
+//! leaves first and aborts at once must not turn the round's release into a break for the
+//! others).
+//!
+//! **A party's death.** Every party inside `wait` holds a slot with its pid. After each
+//! [`DEATH_CHECK`](super::DEATH_CHECK) asleep, a waiter checks that the process of the next
+//! occupied slot after its own still lives (one check per party, however many parties); a
+//! waiter kept out by a round that does not finish draining, [`Barrier::reset`], and whoever
+//! finds the internal lock's holder dead check every slot. A dead party is taken out of
+//! `count`, and if its round was still filling, the barrier breaks (the round can never be
+//! complete). So no waiter hangs on a dead party, timeout or not, and a reset makes the
+//! barrier usable again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::lock::{Got, RawMutex, new_segment, travels_as_segment};
-use super::{SyncError, next_sleep};
+use super::{DEATH_CHECK, SyncError, WAKE_ALL, next_sleep};
 use crate::ShmError;
 use crate::callable::{self, Callable, CallableSpec};
 use crate::shm::segment::{self, Kind, Segment};
@@ -28,6 +45,8 @@ const DRAINING: u32 = 1;
 const RESETTING: u32 = 2;
 const BROKEN: u32 = 3;
 const NO_TIMEOUT: u32 = u32::MAX;
+/// The first word of the `inside` slots.
+const SLOTS: usize = 7;
 
 #[derive(Clone)]
 struct Cells {
@@ -75,7 +94,8 @@ impl<'de> Deserialize<'de> for Action {
 /// Parties wait until all have arrived: CPython's `multiprocessing.Barrier`.
 ///
 /// Exactly one waiter of each round gets index 0; the last to arrive runs the action (a plain
-/// `fn()`) before any is released. A waiter that times out breaks the barrier for all.
+/// `fn()`) before any is released. A waiter that times out breaks the barrier for all, and so
+/// does a party that dies inside `wait`; [`reset`](Self::reset) makes it usable again.
 ///
 /// # Examples
 ///
@@ -131,8 +151,9 @@ impl BarrierBuilder {
     ///
     /// If its shared memory cannot be made.
     pub fn build(self) -> Result<Barrier, ShmError> {
-        let seg = new_segment(Kind::Barrier, 6)?;
-        seg.word(4).store(self.parties.max(1), Ordering::Relaxed);
+        let parties = self.parties.max(1);
+        let seg = new_segment(Kind::Barrier, SLOTS + parties as usize)?;
+        seg.word(4).store(parties, Ordering::Relaxed);
         let ms = self.timeout.map_or(NO_TIMEOUT, |t| {
             u32::try_from(t.as_millis()).unwrap_or(NO_TIMEOUT - 1)
         });
@@ -205,8 +226,72 @@ impl Barrier {
         let m = self.mutex();
         if !m.try_lock_fast(pid) && matches!(m.lock_slow(pid, true, None), Some(Got::OwnerDied)) {
             self.set_state(BROKEN);
+            self.remove_the_dead();
         }
         Held { b: self }
+    }
+
+    fn slot(&self, i: u32) -> &AtomicU32 {
+        self.w(SLOTS + i as usize)
+    }
+
+    /// Records `pid` as inside `wait` (the internal lock held; there is always a free slot,
+    /// since at most `parties` are inside at once); returns the slot.
+    fn take_slot(&self, pid: u32) -> Option<u32> {
+        let i = (0..self.parties()).find(|&i| self.slot(i).load(Ordering::Relaxed) == 0)?;
+        self.slot(i).store(pid, Ordering::Relaxed);
+        Some(i)
+    }
+
+    /// Frees one slot of `pid` (the internal lock held).
+    fn free_slot(&self, pid: u32) {
+        if let Some(i) = (0..self.parties()).find(|&i| self.slot(i).load(Ordering::Relaxed) == pid)
+        {
+            self.slot(i).store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes parties whose process is gone out of the count (the internal lock held): a
+    /// filling round breaks, a draining or resetting one may end.
+    fn remove_the_dead(&self) {
+        self.remove_dead_among(0..self.parties());
+    }
+
+    /// As [`remove_the_dead`](Self::remove_the_dead), looking only at the first occupied
+    /// slot after `mine` that another process holds: each waiter watches its successor, so a
+    /// long wait costs one check per party, not one per pair.
+    fn check_successor(&self, mine: u32) {
+        let me = sys::caller().0;
+        let n = self.parties();
+        let next = (1..n).map(|k| (mine + k) % n).find(|&i| {
+            let pid = self.slot(i).load(Ordering::Relaxed);
+            pid != 0 && pid != me
+        });
+        if let Some(i) = next {
+            self.remove_dead_among(i..i + 1);
+        }
+    }
+
+    fn remove_dead_among(&self, slots: std::ops::Range<u32>) {
+        let me = sys::caller().0;
+        let mut removed = 0;
+        for i in slots {
+            let pid = self.slot(i).load(Ordering::Relaxed);
+            if pid != 0 && pid != me && !sys::process_alive(pid) {
+                self.slot(i).store(0, Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        if removed == 0 {
+            return;
+        }
+        let left = self.count().load(Ordering::Relaxed).saturating_sub(removed);
+        self.count().store(left, Ordering::Relaxed);
+        match self.state() {
+            FILLING => self.set_state(BROKEN),
+            DRAINING | RESETTING if left == 0 => self.set_state(FILLING),
+            _ => self.notify_all(),
+        }
     }
 
     fn state(&self) -> u32 {
@@ -224,18 +309,26 @@ impl Barrier {
 
     fn notify_all(&self) {
         self.w(3).fetch_add(1, Ordering::Release);
-        sys::futex_wake(self.w(3), u32::MAX);
+        sys::futex_wake(self.w(3), WAKE_ALL);
+    }
+
+    fn rounds(&self) -> u32 {
+        self.w(6).load(Ordering::Relaxed)
     }
 
     /// Sleeps (the internal lock released) until `done` holds or the deadline passes; false
-    /// on timeout. Called and returns with the lock held.
+    /// on timeout. Called and returns with the lock held. After each [`DEATH_CHECK`] asleep,
+    /// looks for dead parties: the successor of slot `mine`, or every slot for a waiter not
+    /// yet inside a round (its wait is short unless a dead party keeps a round draining).
     fn wait_while<'a>(
         &'a self,
         held: Held<'a>,
         mut done: impl FnMut(&Self) -> bool,
         deadline: Option<Instant>,
+        mine: Option<u32>,
     ) -> (Held<'a>, bool) {
         let mut held = held;
+        let mut last_check = Instant::now();
         loop {
             if done(self) {
                 return (held, true);
@@ -247,6 +340,13 @@ impl Barrier {
             };
             sys::futex_wait(self.w(3), seq, Some(sleep));
             held = self.lock();
+            if last_check.elapsed() >= DEATH_CHECK {
+                match mine {
+                    Some(i) => self.check_successor(i),
+                    None => self.remove_the_dead(),
+                }
+                last_check = Instant::now();
+            }
         }
     }
 
@@ -274,7 +374,8 @@ impl Barrier {
     /// # Errors
     ///
     /// [`SyncError::BrokenBarrier`] if the barrier is or becomes broken (aborted, reset, a
-    /// waiter timed out, the action panicked, a party died inside the barrier's own lock).
+    /// waiter timed out, the action panicked, a party died inside `wait`, noticed within
+    /// about [`DEATH_CHECK`](super::DEATH_CHECK)).
     ///
     /// # Examples
     ///
@@ -315,6 +416,7 @@ impl Barrier {
             held,
             |b| b.state() != DRAINING && b.state() != RESETTING,
             deadline,
+            None,
         );
         if !entered || self.state() == BROKEN {
             if !entered {
@@ -323,21 +425,31 @@ impl Barrier {
             return Err(SyncError::BrokenBarrier);
         }
         let index = self.count().fetch_add(1, Ordering::Relaxed);
+        let pid = sys::caller().0;
+        let mine = self.take_slot(pid);
+        let round = self.rounds();
         let (held, result) = if index + 1 == self.parties() {
             (held, self.release_round().map(|()| index))
         } else {
-            let (held, ok) = self.wait_while(held, |b| b.state() != FILLING, deadline);
-            let r = if !ok {
+            let released = |b: &Self| b.rounds() != round;
+            let (held, ok) = self.wait_while(
+                held,
+                |b| released(b) || b.state() != FILLING,
+                deadline,
+                mine,
+            );
+            let r = if released(self) {
+                Ok(index)
+            } else if !ok {
                 self.set_state(BROKEN);
                 Err(SyncError::BrokenBarrier)
-            } else if self.state() == DRAINING {
-                Ok(index)
             } else {
                 Err(SyncError::BrokenBarrier)
             };
             (held, r)
         };
         // Leave: the last one out of a draining or resetting round reopens the barrier.
+        self.free_slot(pid);
         let left = self.count().fetch_sub(1, Ordering::Relaxed) - 1;
         if left == 0 && matches!(self.state(), DRAINING | RESETTING) {
             self.set_state(FILLING);
@@ -354,6 +466,7 @@ impl Barrier {
                 return Err(SyncError::BrokenBarrier);
             }
         }
+        self.w(6).fetch_add(1, Ordering::Relaxed);
         self.set_state(DRAINING);
         Ok(())
     }
@@ -390,6 +503,7 @@ impl Barrier {
     /// ```
     pub fn reset(&self) {
         let _held = self.lock();
+        self.remove_the_dead();
         if self.count().load(Ordering::Relaxed) > 0 {
             if matches!(self.state(), FILLING | BROKEN) {
                 self.set_state(RESETTING);

@@ -1,14 +1,22 @@
-//! [`Condition`]: a lock (a [`Lock`] or an [`RLock`]) and two words of its own.
+//! [`Condition`]: a lock (a [`Lock`] or an [`RLock`]) and three words of its own.
 //!
 //! | word | meaning |
 //! |---|---|
 //! | 0 `waiters` | waiters not yet notified (changed only under the lock) |
-//! | 1 `signals` | notifications not yet taken; sleepers wait on this word |
+//! | 1 `signals` | notifications not yet taken |
+//! | 2 `epoch` | bumped by every `notify` that wakes someone; sleepers wait on this word |
 //!
-//! `notify(n)` (under the lock) moves `min(n, waiters)` from `waiters` to `signals` and wakes
-//! that many; a waiter returns once it takes a signal (CAS down), or at its timeout, when it
-//! takes a signal if one is left (a notify raced with the timeout) or else removes itself
-//! from `waiters`. So exactly `min(n, waiters)` waiters return notified.
+//! A waiter registers (under the lock: `waiters += 1`, remembering `epoch`), lets the lock
+//! go, and sleeps on `epoch`. `notify(n)` (under the lock) moves `k = min(n, waiters)` from
+//! `waiters` to `signals`, bumps `epoch` and wakes `k` sleepers. A waiter returns notified
+//! once it takes a signal (CAS down), and may take one only once `epoch` moved past the value
+//! it registered with: a notification belongs to those waiting when it was made, never to a
+//! waiter that came after (which, not being asleep yet, would otherwise beat the one woken).
+//! At its timeout a waiter takes a signal if it may and one is left (a notify raced with the
+//! timeout), or else removes itself from `waiters`. So exactly `min(n, waiters)` waiters
+//! return notified. (Those eligible always number at least `signals`, so every signal has
+//! a taker; a waiter killed while waiting stays counted, and its share goes to a waiter of a
+//! later notify.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, deadline, next_sleep};
+use super::{
+    AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, WAKE_ALL, deadline, next_sleep,
+};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -118,7 +128,7 @@ impl Condition {
         Ok(Self {
             lock: lock.into(),
             cells: Cells {
-                seg: new_segment(Kind::Condition, 2)?,
+                seg: new_segment(Kind::Condition, 3)?,
             },
         })
     }
@@ -143,6 +153,10 @@ impl Condition {
 
     fn signals(&self) -> &AtomicU32 {
         self.cells.seg.word(1)
+    }
+
+    fn epoch(&self) -> &AtomicU32 {
+        self.cells.seg.word(2)
     }
 
     /// Acquires the lock.
@@ -195,7 +209,9 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`SyncError::WaitUnacquired`] if the calling thread does not hold the lock.
+    /// [`SyncError::WaitUnacquired`] if the calling thread does not hold the lock;
+    /// [`SyncError::OwnerDied`] if, while it waited, a process died holding the lock: the
+    /// lock is the caller's again, but what it guards may be half updated.
     ///
     /// # Examples
     ///
@@ -208,7 +224,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`SyncError::WaitUnacquired`] if the calling thread does not hold the lock.
+    /// As [`wait`](Self::wait).
     ///
     /// # Examples
     ///
@@ -229,6 +245,7 @@ impl Condition {
             return Err(SyncError::WaitUnacquired);
         }
         self.waiters().fetch_add(1, Ordering::Relaxed);
+        let registered = self.epoch().load(Ordering::Relaxed);
         let saved = match &self.lock {
             ConditionLock::Lock(l) => {
                 l.release_for_wait();
@@ -239,28 +256,32 @@ impl Condition {
         let deadline = deadline(timeout);
         let mut notified = false;
         loop {
-            if self.take_signal() {
+            let epoch = self.epoch().load(Ordering::Acquire);
+            if epoch != registered && self.take_signal() {
                 notified = true;
                 break;
             }
             match next_sleep(deadline) {
-                Some(d) => sys::futex_wait(self.signals(), 0, Some(d)),
+                Some(d) => sys::futex_wait(self.epoch(), epoch, Some(d)),
                 None => break,
             }
         }
-        match &self.lock {
+        let died = match &self.lock {
             ConditionLock::Lock(l) => l.reacquire(),
             ConditionLock::RLock(l) => l.reacquire(saved),
         };
         if !notified {
             // Under the lock again: a notify that counted us left a signal; otherwise we are
             // still among the waiters.
-            if self.take_signal() {
+            if self.epoch().load(Ordering::Acquire) != registered && self.take_signal() {
                 notified = true;
             } else {
                 let w = self.waiters();
                 let _ = w.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
+        }
+        if died {
+            return Err(SyncError::OwnerDied);
         }
         Ok(notified)
     }
@@ -270,7 +291,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`SyncError::WaitUnacquired`] if the calling thread does not hold the lock.
+    /// As [`wait`](Self::wait).
     ///
     /// # Examples
     ///
@@ -327,7 +348,8 @@ impl Condition {
         }
         self.waiters().store(waiting - k, Ordering::Relaxed);
         self.signals().fetch_add(k, Ordering::Release);
-        sys::futex_wake(self.signals(), k);
+        self.epoch().fetch_add(1, Ordering::Release);
+        sys::futex_wake(self.epoch(), k.min(WAKE_ALL));
         Ok(())
     }
 

@@ -1,4 +1,13 @@
-//! [`Event`]: word 0 is the flag (0 or 1), word 1 counts possible sleepers.
+//! [`Event`].
+//!
+//! | word | meaning |
+//! |---|---|
+//! | 0 `state` | bit 0: the flag; bits 1..: how many times it was set (wrapping) |
+//! | 1 `sleepers` | how many may sleep on `state` (a set wakes them all if any) |
+//!
+//! A waiter remembers `state` as it found it (flag clear) and returns true once it differs:
+//! a `set` happened since the wait began, even if a `clear` followed before the waiter ran
+//! (Python's rule). It sleeps on `state` with that value, so a set-and-clear wakes it too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{deadline, next_sleep};
+use super::{WAKE_ALL, deadline, next_sleep};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -51,7 +60,7 @@ impl Event {
         })
     }
 
-    fn flag(&self) -> &AtomicU32 {
+    fn state(&self) -> &AtomicU32 {
         self.seg.word(0)
     }
 
@@ -71,9 +80,16 @@ impl Event {
     /// # Ok::<(), multiproc::ShmError>(())
     /// ```
     pub fn set(&self) {
-        self.flag().store(1, Ordering::SeqCst);
-        if self.sleepers().load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(self.flag(), u32::MAX);
+        // Flag set and one more set counted, unless already set (then no one is waiting for
+        // this set: every waiter began while it was clear and has seen the earlier one).
+        let changed = self
+            .state()
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |s| {
+                (s & SET == 0).then(|| (s | SET).wrapping_add(2))
+            })
+            .is_ok();
+        if changed && self.sleepers().load(Ordering::SeqCst) > 0 {
+            sys::futex_wake(self.state(), WAKE_ALL);
         }
     }
 
@@ -90,7 +106,7 @@ impl Event {
     /// # Ok::<(), multiproc::ShmError>(())
     /// ```
     pub fn clear(&self) {
-        self.flag().store(0, Ordering::SeqCst);
+        self.state().fetch_and(!SET, Ordering::SeqCst);
     }
 
     /// Whether the flag is set.
@@ -103,10 +119,11 @@ impl Event {
     /// # Ok::<(), multiproc::ShmError>(())
     /// ```
     pub fn is_set(&self) -> bool {
-        self.flag().load(Ordering::Acquire) == 1
+        self.state().load(Ordering::Acquire) & SET != 0
     }
 
-    /// Waits until the flag is set; returns true (CPython's `wait()`).
+    /// Waits until the flag is set (or is set and cleared again meanwhile); returns true
+    /// (CPython's `wait()`).
     ///
     /// # Examples
     ///
@@ -121,7 +138,8 @@ impl Event {
         self.wait_until(None)
     }
 
-    /// Waits at most `timeout`; returns whether the flag is set.
+    /// Waits at most `timeout`; returns whether the flag was set before the wait began or
+    /// while it lasted (even if cleared again since), as Python's `wait(timeout)`.
     ///
     /// # Examples
     ///
@@ -136,14 +154,16 @@ impl Event {
     }
 
     fn wait_until(&self, timeout: Option<Duration>) -> bool {
-        if self.is_set() {
+        let start = self.state().load(Ordering::Acquire);
+        if start & SET != 0 {
             return true;
         }
-        if sys::cpus_allowed() > 1 {
+        let set_since = || self.state().load(Ordering::Acquire) != start;
+        if sys::may_spin() {
             // A short spin: waking a sleeper on another CPU costs tens of microseconds.
-            let start = std::time::Instant::now();
-            while start.elapsed() < SPIN && timeout.is_none_or(|t| start.elapsed() < t) {
-                if self.is_set() {
+            let t = std::time::Instant::now();
+            while t.elapsed() < SPIN && timeout.is_none_or(|limit| t.elapsed() < limit) {
+                if set_since() {
                     return true;
                 }
                 std::hint::spin_loop();
@@ -154,10 +174,10 @@ impl Event {
             self.sleepers().fetch_add(1, Ordering::SeqCst);
             let sleep = next_sleep(deadline);
             if let Some(d) = sleep {
-                sys::futex_wait(self.flag(), 0, Some(d));
+                sys::futex_wait(self.state(), start, Some(d));
             }
             self.sleepers().fetch_sub(1, Ordering::SeqCst);
-            if self.is_set() {
+            if set_since() {
                 return true;
             }
             if sleep.is_none() {
@@ -166,6 +186,9 @@ impl Event {
         }
     }
 }
+
+/// The flag's bit in `state`.
+const SET: u32 = 1;
 
 /// How long a waiter spins before it sleeps, when it may run on more than one CPU.
 const SPIN: Duration = Duration::from_micros(20);

@@ -9,8 +9,9 @@
 //!
 //! Acquire: CAS `0 -> pid`. Release: swap to 0, wake one sleeper if bit 31 was set. A sleeper
 //! sets bit 31, sleeps on the word in slices of [`DEATH_CHECK`](super::DEATH_CHECK), and after
-//! each slice checks that the owner's process lives; if it does not, it takes the lock over
-//! (CAS `dead -> pid | bit 31`) and reports [`AcquireError::OwnerDied`].
+//! each slice (and before giving up, at a timeout or a non-blocking try) checks that the
+//! owner's process lives; if it does not, it takes the lock over (CAS `dead -> pid | bit 31`)
+//! and reports [`AcquireError::OwnerDied`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -56,11 +57,7 @@ impl RawMutex<'_> {
         deadline: Option<Instant>,
     ) -> Option<Got> {
         let mut last_check = Instant::now();
-        let mut spins = if block && sys::cpus_allowed() > 1 {
-            64
-        } else {
-            0
-        };
+        let mut spins = if block && sys::may_spin() { 64 } else { 0 };
         loop {
             let s = self.state.load(Ordering::Relaxed);
             if s == 0 {
@@ -74,8 +71,20 @@ impl RawMutex<'_> {
                 continue;
             }
             let owner = s & OWNER;
-            let check_now = !block || last_check.elapsed() >= DEATH_CHECK;
-            if check_now && owner != pid && !sys::process_alive(owner) {
+            // Checked before giving up too, so that waits shorter than a death check (or a
+            // loop of them) still learn that the owner died.
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            let check_now = !block || expired || last_check.elapsed() >= DEATH_CHECK;
+            // A non-blocking try checks cheaply (a zombie owner, not yet reaped, still counts);
+            // a waiter checks fully once per slice.
+            let dead = |o| {
+                if block {
+                    !sys::process_alive(o)
+                } else {
+                    !sys::process_exists(o)
+                }
+            };
+            if check_now && owner != pid && dead(owner) {
                 if self
                     .state
                     .compare_exchange(s, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
@@ -88,7 +97,7 @@ impl RawMutex<'_> {
             if check_now {
                 last_check = Instant::now();
             }
-            if !block {
+            if !block || expired {
                 return None;
             }
             if spins > 0 {
@@ -104,8 +113,10 @@ impl RawMutex<'_> {
             {
                 continue;
             }
-            let sleep = next_sleep(deadline)?;
-            sys::futex_wait(self.state, s | WAITERS, Some(sleep));
+            // At the deadline, go round once more: the check above, then give up.
+            if let Some(sleep) = next_sleep(deadline) {
+                sys::futex_wait(self.state, s | WAITERS, Some(sleep));
+            }
         }
     }
 
@@ -117,6 +128,29 @@ impl RawMutex<'_> {
             sys::futex_wake(self.state, 1);
         }
         s != 0
+    }
+
+    /// Releases only while process `pid` holds it, starting from the state `seen`; `false`
+    /// if another process (or no one) does.
+    #[inline]
+    pub(crate) fn unlock_if_owner(&self, pid: u32, seen: u32) -> bool {
+        let mut s = seen;
+        loop {
+            if s & OWNER != pid {
+                return false;
+            }
+            match self
+                .state
+                .compare_exchange(s, 0, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => s = now,
+            }
+        }
+        if s & WAITERS != 0 {
+            sys::futex_wake(self.state, 1);
+        }
+        true
     }
 
     pub(crate) fn owner(&self) -> u32 {
@@ -210,7 +244,8 @@ pub struct Lock {
 
 travels_as_segment!(Lock, Kind::Lock);
 
-/// Holds a [`Lock`]; releases it on drop.
+/// Holds a [`Lock`]; releases it on drop (unless another process released it meanwhile and
+/// the lock is now held by someone else, whose hold it leaves alone).
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
@@ -237,8 +272,15 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        self.lock.tid().store(0, Ordering::Relaxed);
-        self.lock.raw().unlock();
+        // Another process may have released the lock meanwhile (`Lock::release` works from
+        // anywhere) and a third taken it: that hold is not this guard's to end.
+        let pid = sys::caller().0;
+        let raw = self.lock.raw();
+        let seen = raw.state.load(Ordering::Relaxed);
+        if seen & OWNER == pid {
+            self.lock.tid().store(0, Ordering::Relaxed);
+            raw.unlock_if_owner(pid, seen);
+        }
     }
 }
 

@@ -31,6 +31,10 @@ pub use semaphore::{BoundedSemaphore, Semaphore};
 /// How often a waiter checks that a lock's owner is still alive.
 pub const DEATH_CHECK: Duration = Duration::from_millis(50);
 
+/// "Wake every sleeper", as `futex(2)` counts: it reads the count as a signed `int`, so
+/// `u32::MAX` would be -1 and wake only one.
+const WAKE_ALL: u32 = i32::MAX.unsigned_abs();
+
 /// Why an acquire did not simply succeed.
 ///
 /// # Examples

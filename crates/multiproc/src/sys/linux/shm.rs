@@ -256,8 +256,10 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
-/// Wakes up to `n` sleepers on `word`; returns how many woke.
+/// Wakes up to `n` sleepers on `word` (`u32::MAX`: all); returns how many woke.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    // The kernel reads the count as a signed int: `u32::MAX` would be -1, which wakes one.
+    let n = n.min(i32::MAX as u32);
     futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
 }
 
@@ -310,6 +312,21 @@ fn caller_slow(generation: u32) -> (u32, u32) {
         .unsigned_abs();
     let _ = WHO.try_with(|w| w.set((generation, pid, tid)));
     (pid, tid)
+}
+
+/// Whether a process `pid` exists (a zombie counts): one system call, for a non-blocking
+/// try that must stay cheap.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
 /// Whether the process `pid` still exists (a zombie counts as gone: it holds nothing).
