@@ -488,10 +488,23 @@ pub struct RLock {
 
 travels_as_segment!(RLock, Kind::RLock);
 
-/// Holds one level of an [`RLock`]; releases it on drop.
+/// Holds one level of an [`RLock`]; releases it on drop. It stays on the thread that
+/// acquired it:
+///
+/// ```compile_fail
+/// # multiproc::init();
+/// let lock = multiproc::RLock::new().unwrap();
+/// let guard = lock.acquire().ok().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard)); // error: `*const ()` cannot be sent between threads
+/// });
+/// ```
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct RLockGuard<'a> {
     lock: &'a RLock,
+    /// Not `Send`: an RLock belongs to the thread that acquired it, so its guard must be
+    /// dropped there (as `std::sync::MutexGuard`).
+    _owner_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl RLockGuard<'_> {
@@ -566,10 +579,14 @@ impl RLock {
         let (pid, tid) = sys::caller();
         if self.raw().owner() == pid && self.tid().load(Ordering::Relaxed) == tid {
             self.count_word().fetch_add(1, Ordering::Relaxed);
-            return Ok(RLockGuard { lock: self });
+            return Ok(RLockGuard {
+                lock: self,
+                _owner_thread: std::marker::PhantomData,
+            });
         }
         let r = acquire_with(&self.raw(), pid, block, timeout, || RLockGuard {
             lock: self,
+            _owner_thread: std::marker::PhantomData,
         });
         if r.is_ok() || matches!(r, Err(AcquireError::OwnerDied(_))) {
             self.tid().store(tid, Ordering::Relaxed);
