@@ -9,12 +9,16 @@
 //!   (a child that runs this program from its first instruction);
 //! - [`SocketChild`]: a child forked on one end of an `AF_UNIX` `SOCK_STREAM` socketpair,
 //!   echoing frames, swallowing a stream of them, or receiving one large one
-//!   ([`SocketJob`]) — the floor of a `Connection`.
+//!   ([`SocketJob`]) — the floor of a `Connection`;
+//! - [`SharedMap`], [`mutex_lock`]/[`mutex_unlock`] and [`SyncChild`]: a `MAP_SHARED`
+//!   mapping of atomics, a futex mutex, and a forked child that increments, adds or plays
+//!   ping-pong on it ([`SyncJob`]) — the floor of locks, values, events and arrays.
 //!
 //! # Safety
 //!
 //! This is the bench's only file with `unsafe`: it calls `fork`, `execve`, `_exit`,
-//! `waitpid`, `socketpair`, `read`, `write` and `close` through `libc`. Between `fork` and
+//! `waitpid`, `socketpair`, `read`, `write` and `close` through `libc` (and `memfd_create`,
+//! `ftruncate`, `mmap`, `munmap` and `futex` for the shared-memory floors). Between `fork` and
 //! `execve`/`_exit` the child calls nothing but those, which are async-signal-safe, allocates
 //! nothing, and touches no memory the parent might change (everything it needs is built
 //! before the fork), so it is sound even if the parent has other threads.
@@ -24,6 +28,7 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
@@ -487,5 +492,379 @@ impl Placement {
             Some(cpu) => pin_to(&[cpu]),
             None => Ok(()),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared memory and futexes: the floor of locks, values, events and arrays (issue 4).
+//
+// A `MAP_SHARED` mapping of a `memfd`, every page touched once when it is made (as the
+// library's shared memory is), holding plain atomics; a forked child ([`SyncChild`]) shares
+// it. Waiting is `FUTEX_WAIT`/`FUTEX_WAKE` on shared futexes (never `FUTEX_PRIVATE_FLAG`: the
+// word is shared between processes). The child runs a [`SyncJob`] with nothing but atomics,
+// `futex`, `clock_gettime` (through `Instant::now`) and `_exit`, all async-signal-safe, on
+// memory mapped before the fork, so it is sound whatever threads the parent has.
+
+/// A `MAP_SHARED` mapping of a new `memfd`, every page touched once; unmapped on drop. A
+/// forked child shares it (the mapping survives `fork`).
+pub(crate) struct SharedMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl SharedMap {
+    /// Maps `len` bytes (rounded up to whole pages), zeroed, and touches every page.
+    pub(crate) fn new(len: usize) -> io::Result<Self> {
+        let len = len.max(1).next_multiple_of(4096);
+        let off = libc::off_t::try_from(len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY:
+        // - the name is a NUL-terminated string literal; the flags are valid.
+        let fd =
+            unsafe { libc::memfd_create(c"multiproc-bench-floor".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY:
+        // - `memfd_create` succeeded, so `fd` is an open descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY:
+        // - `fd` is an open descriptor; `ftruncate` has no memory-safety preconditions.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), off) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY:
+        // - a new mapping at an address the kernel picks: no existing memory is affected;
+        //   `fd` is open and at least `len` bytes long.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        // SAFETY:
+        // - the mapping is `len` bytes, readable and writable, and nothing else uses it yet;
+        //   writing zeros (its contents already) makes every page resident.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Ok(Self { ptr, len })
+    }
+
+    /// The synchronization words at the start of the mapping.
+    pub(crate) fn words(&self) -> &SyncWords {
+        assert!(self.len >= size_of::<SyncWords>());
+        // SAFETY:
+        // - the mapping is page-aligned and large enough; `SyncWords` holds only atomics, for
+        //   which all-zero bytes (the mapping's initial contents) and any later contents
+        //   written through them are valid; atomics may be shared, across processes too.
+        unsafe { &*self.ptr.as_ptr().cast::<SyncWords>() }
+    }
+
+    /// The mapping as `f64`s.
+    pub(crate) fn f64s(&mut self) -> &mut [f64] {
+        // SAFETY:
+        // - the mapping is page-aligned, `len` bytes long, initialized (zeroed) memory, and
+        //   every bit pattern is a valid `f64`; `&mut self` makes this the only reference in
+        //   this process (no child shares a mapping used this way).
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().cast::<f64>(),
+                self.len / size_of::<f64>(),
+            )
+        }
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - `ptr`/`len` are exactly the mapping made in `new`, and no reference into it
+        //   outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The words a synchronization floor shares between processes (all zero at first).
+#[repr(C)]
+pub(crate) struct SyncWords {
+    /// A futex mutex: 0 unlocked, 1 locked, 2 locked and maybe waited for.
+    pub(crate) mutex: AtomicU32,
+    /// The counter the mutex guards.
+    pub(crate) counter: AtomicU64,
+    /// An integer for atomic adds.
+    pub(crate) value: AtomicI64,
+    /// The ping-pong word: [`PING`] (the child's turn) or not (the parent's), [`WAITER`],
+    /// [`STOP`].
+    pub(crate) turn: AtomicU32,
+    /// The batch the parent started ([`GO_STOP`] ends the child).
+    pub(crate) go: AtomicU32,
+    /// The batch the child finished.
+    pub(crate) done: AtomicU32,
+}
+
+/// In [`SyncWords::turn`]: the child's turn to answer.
+const PING: u32 = 1;
+/// In [`SyncWords::turn`]: a process sleeps on the word (the next change must wake it).
+const WAITER: u32 = 2;
+/// In [`SyncWords::turn`]: the child must exit.
+const STOP: u32 = 4;
+/// In [`SyncWords::go`]: the child must exit.
+const GO_STOP: u32 = u32::MAX;
+
+/// `FUTEX_WAIT` (shared) on `word` while it holds `expected`; returns at once if it does
+/// not, and may return spuriously (callers loop).
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY:
+    // - `word` is a valid, aligned `u32` for the duration of the call (an atomic, so the
+    //   kernel reading it concurrently is fine); the timeout is null (no timeout) and the
+    //   other arguments are unused by `FUTEX_WAIT`. Errors (EAGAIN, EINTR) mean "look again".
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// `FUTEX_WAKE` (shared) of up to `n` processes sleeping on `word`.
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY:
+    // - `word` is a valid, aligned `u32`; `FUTEX_WAKE` reads nothing else.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Waits (`FUTEX_WAIT`) until `word` no longer holds a value for which `waiting` is true;
+/// returns that value. The writer must `futex_wake` after every change.
+fn wait_while(word: &AtomicU32, waiting: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if !waiting(v) {
+            return v;
+        }
+        futex_wait(word, v);
+    }
+}
+
+/// Locks a futex mutex: compare-and-swap 0 → 1; if it was held, marks it contended (2) and
+/// sleeps until it is free.
+pub(crate) fn mutex_lock(m: &AtomicU32) {
+    if m.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        return;
+    }
+    while m.swap(2, Ordering::Acquire) != 0 {
+        futex_wait(m, 2);
+    }
+}
+
+/// Unlocks a futex mutex: swap to 0; `FUTEX_WAKE` only if it was contended.
+pub(crate) fn mutex_unlock(m: &AtomicU32) {
+    if m.swap(0, Ordering::Release) == 2 {
+        futex_wake(m, 1);
+    }
+}
+
+/// `n` increments of [`SyncWords::counter`], each under [`SyncWords::mutex`].
+pub(crate) fn locked_increments(w: &SyncWords, n: u64) {
+    for _ in 0..n {
+        mutex_lock(&w.mutex);
+        let c = w.counter.load(Ordering::Relaxed);
+        w.counter.store(c + 1, Ordering::Relaxed);
+        mutex_unlock(&w.mutex);
+    }
+}
+
+/// `n` atomic adds of 1 to [`SyncWords::value`].
+pub(crate) fn fetch_adds(w: &SyncWords, n: u64) {
+    for _ in 0..n {
+        w.value.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits until `ready` holds for the ping-pong word: spinning on it for up to `spin`
+/// first, then sleeping on it (`FUTEX_WAIT`) with [`WAITER`] set.
+fn wait_turn(word: &AtomicU32, ready: impl Fn(u32) -> bool, spin: std::time::Duration) -> u32 {
+    if !spin.is_zero() {
+        let start = std::time::Instant::now();
+        loop {
+            for _ in 0..64 {
+                let v = word.load(Ordering::Acquire);
+                if ready(v) {
+                    return v;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+        }
+    }
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if ready(v) {
+            return v;
+        }
+        if v & WAITER == 0
+            && word
+                .compare_exchange(v, v | WAITER, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        futex_wait(word, v | WAITER);
+    }
+}
+
+/// Sets the ping-pong word to `value`; `FUTEX_WAKE` only if the other process sleeps on it.
+fn post_turn(word: &AtomicU32, value: u32) {
+    if word.swap(value, Ordering::AcqRel) & WAITER != 0 {
+        futex_wake(word, 1);
+    }
+}
+
+/// What the child of a [`SyncChild`] does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SyncJob {
+    /// On each batch the parent starts: this many [`locked_increments`].
+    LockedIncrements(u64),
+    /// On each batch the parent starts: this many [`fetch_adds`].
+    FetchAdds(u64),
+    /// Answers every ping ([`SyncChild::ping`]), spinning this long before it sleeps.
+    Pong(std::time::Duration),
+}
+
+/// The child's side of a batch job: runs `job` for each batch the parent starts.
+fn batches(w: &SyncWords, job: impl Fn(&SyncWords)) {
+    let mut batch = 0;
+    loop {
+        batch = wait_while(&w.go, |g| g == batch);
+        if batch == GO_STOP {
+            return;
+        }
+        job(w);
+        w.done.store(batch, Ordering::Release);
+        futex_wake(&w.done, 1);
+    }
+}
+
+/// The child's side of [`SyncJob::Pong`].
+fn pong(w: &SyncWords, spin: std::time::Duration) {
+    loop {
+        let v = wait_turn(&w.turn, |v| v & (PING | STOP) != 0, spin);
+        if v & STOP != 0 {
+            return;
+        }
+        post_turn(&w.turn, 0);
+    }
+}
+
+/// A forked child running a [`SyncJob`] on a [`SharedMap`] of [`SyncWords`] it shares with
+/// the parent. It exits with 0 when told to ([`finish`](Self::finish), or on drop).
+pub(crate) struct SyncChild {
+    map: SharedMap,
+    pid: libc::pid_t,
+    batch: u32,
+}
+
+impl SyncChild {
+    /// Maps the words and forks the child.
+    pub(crate) fn start(job: SyncJob) -> io::Result<Self> {
+        let map = SharedMap::new(size_of::<SyncWords>())?;
+        // SAFETY:
+        // - `fork` has no memory-safety preconditions; the child below uses nothing but
+        //   atomics in the shared mapping, `futex`, `clock_gettime` and `_exit`, which are
+        //   async-signal-safe, and allocates nothing.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                let w = map.words();
+                match job {
+                    SyncJob::LockedIncrements(n) => batches(w, |w| locked_increments(w, n)),
+                    SyncJob::FetchAdds(n) => batches(w, |w| fetch_adds(w, n)),
+                    SyncJob::Pong(spin) => pong(w, spin),
+                }
+                // SAFETY:
+                // - `_exit` accepts any status, never returns, and is async-signal-safe (the
+                //   mapping is not unmapped: no destructor runs).
+                unsafe { libc::_exit(0) }
+            }
+            pid => Ok(Self { map, pid, batch: 0 }),
+        }
+    }
+
+    /// The shared words.
+    pub(crate) fn words(&self) -> &SyncWords {
+        self.map.words()
+    }
+
+    /// Starts a batch in the child, runs `ours` here meanwhile, then waits until the child
+    /// has finished its batch.
+    pub(crate) fn batch(&mut self, ours: impl FnOnce(&SyncWords)) {
+        self.batch = if self.batch + 1 == GO_STOP {
+            1
+        } else {
+            self.batch + 1
+        };
+        let (w, batch) = (self.map.words(), self.batch);
+        w.go.store(batch, Ordering::Release);
+        futex_wake(&w.go, 1);
+        ours(w);
+        wait_while(&w.done, |d| d != batch);
+    }
+
+    /// One round trip: hands the turn to the child ([`SyncJob::Pong`]) and waits until it
+    /// hands it back, spinning up to `spin` before sleeping.
+    pub(crate) fn ping(&self, spin: std::time::Duration) {
+        let w = self.map.words();
+        post_turn(&w.turn, PING);
+        wait_turn(&w.turn, |v| v & PING == 0, spin);
+    }
+
+    /// Tells the child to exit, waits for it and checks that it exited with 0.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.stop_and_wait()
+    }
+
+    fn stop_and_wait(&mut self) -> io::Result<()> {
+        let pid = std::mem::replace(&mut self.pid, 0);
+        if pid <= 0 {
+            return Ok(());
+        }
+        let w = self.map.words();
+        w.go.store(GO_STOP, Ordering::Release);
+        futex_wake(&w.go, 1);
+        post_turn(&w.turn, STOP);
+        futex_wake(&w.turn, 1);
+        wait_exit_zero(pid)
+    }
+}
+
+impl Drop for SyncChild {
+    fn drop(&mut self) {
+        let _ = self.stop_and_wait();
     }
 }

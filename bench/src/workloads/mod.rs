@@ -5,6 +5,8 @@ mod connection;
 mod connection_lib;
 mod large_parent;
 mod start_join;
+mod sync;
+mod sync_lib;
 
 use crate::workload::Case;
 
@@ -14,5 +16,6 @@ pub(crate) fn all() -> Vec<Case> {
     cases.extend(start_join::cases());
     cases.extend(large_parent::cases());
     cases.extend(connection::cases());
+    cases.extend(sync::cases());
     cases
 }
