@@ -179,7 +179,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in procs {
         p.join()?;
     }
-    println!("   per worker {:?}, total {} primes", counts.to_vec()?, total.load());
+    println!(
+        "   per worker {:?}, total {} primes",
+        counts.to_vec()?,
+        total.load()
+    );
     let (lock, holding) = (Lock::new()?, Event::new()?);
     let mut holder = Process::new(hold_lock_and_hang, (lock.clone(), holding.clone()));
     holder.start()?;

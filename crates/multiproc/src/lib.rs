@@ -115,6 +115,9 @@ pub mod sync;
 mod sys;
 
 pub use bootstrap::init;
+/// bytemuck, whose traits say what a [`Value`] or [`Array`] can hold; its derives work through
+/// this re-export with `#[bytemuck(crate = "multiproc::bytemuck")]`.
+pub use bytemuck::{self, Pod, Zeroable};
 pub use codec::CodecError;
 pub use connection::{Connection, pipe, wait};
 pub use context::{
@@ -127,14 +130,11 @@ pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };
 pub use process::{ChildProcess, Process, active_children};
-pub use shm::{ListError, ListItem, ShareableList, SharedMemory, SharedMemoryBuilder, ShmError};
 pub use shm::{
     Array, ArrayError, ArrayGuard, ArrayLockError, AtomicElement, AtomicNumber, Element, RawArray,
     RawValue, Value, ValueGuard, ValueLock, ValueLockGuard,
 };
-/// bytemuck, whose traits say what a [`Value`] or [`Array`] can hold; its derives work through
-/// this re-export with `#[bytemuck(crate = "multiproc::bytemuck")]`.
-pub use bytemuck::{self, Pod, Zeroable};
+pub use shm::{ListError, ListItem, ShareableList, SharedMemory, SharedMemoryBuilder, ShmError};
 pub use sync::{
     AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard,
     Semaphore, SyncError,
