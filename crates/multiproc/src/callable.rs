@@ -113,13 +113,37 @@ fn run_target<A: DeserializeOwned, R: Serialize>(
     //   has exactly the type `fn(A) -> R`;
     // - function pointers and `usize` have the same size on every supported target.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(target) };
-    let args: A = codec::fds::decoding(fds, || codec::decode(args))
+    let args: A = codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
         .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
     let result = f(args);
     codec::encode(&result).map_err(|e| RunError::EncodeResult(e.to_string()))
 }
 
 fn noop() {}
+
+thread_local! {
+    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (which decodes a Process's arguments, sent by this program's own parent after
+/// the build identity was checked) with code offsets allowed in what it decodes.
+fn trusted_decoding<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TRUSTED.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(TRUSTED.with(|t| t.replace(true)));
+    f()
+}
+
+/// Whether the value being decoded comes from a trusted source (see [`trusted_decoding`]):
+/// only then may it carry code (a Barrier's action). Anything else, a message from a peer
+/// or bytes from a file, could name any address in the executable.
+pub(crate) fn in_trusted_decoding() -> bool {
+    TRUSTED.with(std::cell::Cell::get)
+}
 
 /// Calls a plain `fn()` (a Barrier's action).
 fn run_action(target: usize, _args: &[u8], _fds: Vec<OwnedFd>) -> RunResult {

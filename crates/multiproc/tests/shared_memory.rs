@@ -295,3 +295,66 @@ fn a_killed_main_process_leaves_nothing_behind() {
         "{lock_name} outlived the killed program"
     );
 }
+
+// -------------------------------------------------------------------------------------------
+// Names that outlive their senders
+
+fn make_and_return(_: ()) -> SharedMemory {
+    let shm = SharedMemory::create(8).unwrap();
+    shm.write(0, b"result").unwrap();
+    shm
+}
+
+#[multiproc::test]
+fn a_segment_returned_by_a_child_arrives_even_if_the_parent_never_used_shared_memory() {
+    // (Results travel without descriptors, by name: the tracker keeps names in transit.)
+    each_method(|ctx| {
+        let shm = finish(ctx.process(make_and_return, ()));
+        assert_eq!(&shm.to_vec()[..6], b"result");
+    });
+}
+
+fn attach_after_parent_dropped(name: String) -> u8 {
+    SharedMemory::attach(&name).unwrap().to_vec()[0]
+}
+
+fn hold_then_attach_by_name((shm, go): (SharedMemory, multiproc::Event)) -> u8 {
+    assert!(go.wait_timeout(LONG));
+    // The parent has dropped its handle; this process still holds one, so the name must
+    // still be there (for another attach, or to hand to CPython).
+    let by_name = attach_after_parent_dropped(shm.name().to_owned());
+    drop(shm);
+    by_name
+}
+
+#[multiproc::test]
+fn a_name_outlives_the_senders_handle_while_the_receiver_holds_it() {
+    each_method(|ctx| {
+        let shm = SharedMemory::create(8).unwrap();
+        shm.write(0, &[9]).unwrap();
+        let go = multiproc::Event::new().unwrap();
+        let mut p = ctx.process(hold_then_attach_by_name, (shm.clone(), go.clone()));
+        p.start().unwrap();
+        drop(shm);
+        go.set();
+        assert!(p.join_timeout(LONG).unwrap());
+        assert_eq!(p.join_result().unwrap(), 9);
+    });
+}
+
+#[multiproc::test]
+fn over_tcp_shared_objects_travel_by_name() {
+    // TCP carries no descriptors: a segment goes by name there (and a Descriptor refuses).
+    let mut listener = multiproc::connection::Listener::bind("127.0.0.1:0").unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || -> Result<Connection<multiproc::Lock>, _> {
+        multiproc::connection::Client::new(address).connect()
+    });
+    let mut server: Connection<multiproc::Lock> = listener.accept_timeout(LONG).unwrap();
+    let mut client = client.join().unwrap().unwrap();
+    let lock = multiproc::Lock::new().unwrap();
+    let _held = lock.acquire().ok().unwrap();
+    server.send(&lock).unwrap();
+    let received = client.recv_timeout(LONG).unwrap();
+    assert!(received.is_locked(), "the same lock, reached by its name");
+}

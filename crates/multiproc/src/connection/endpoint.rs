@@ -146,6 +146,8 @@ pub(crate) struct Endpoint {
     eof: bool,
     spin: Spin,
     pub(crate) max_message: u64,
+    /// An `AF_UNIX` socket, which can carry descriptors (TCP silently drops them).
+    pub(crate) carries_fds: bool,
 }
 
 /// The descriptors of every open endpoint of this process. A `fork` child points them at
@@ -211,7 +213,9 @@ impl Drop for Endpoint {
 impl Endpoint {
     pub(crate) fn new(sock: OwnedFd) -> Self {
         open_fds().insert(sock.as_raw_fd());
+        let carries_fds = sys::is_unix_socket(sock.as_fd());
         Self {
+            carries_fds,
             sock,
             buf: Vec::new(),
             start: 0,

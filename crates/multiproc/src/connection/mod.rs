@@ -714,7 +714,9 @@ impl<T, C: Codec> Connection<T, C> {
         self.writing()?;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
-        let (encoded, fds) = if C::CARRIES_DESCRIPTORS {
+        // Only a Unix socket carries descriptors: over TCP a value with a Descriptor fails to
+        // encode, and shared objects travel by name.
+        let (encoded, fds) = if C::CARRIES_DESCRIPTORS && self.writing()?.carries_fds {
             fds::encoding(|| C::encode(value, &mut buf))
         } else {
             (C::encode(value, &mut buf), Vec::new())

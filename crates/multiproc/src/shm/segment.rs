@@ -211,7 +211,7 @@ impl Segment {
 impl Drop for Segment {
     fn drop(&mut self) {
         if self.tracked && self.pid == sys::caller().0 {
-            tracker::send_quietly(&Msg::Detached(std::mem::take(&mut self.name)));
+            tracker::send_if_connected(&Msg::Detached(std::mem::take(&mut self.name)));
         }
     }
 }
@@ -319,7 +319,10 @@ impl Serialize for Segment {
         } else {
             None
         };
-        if fd.is_none() && self.tracked {
+        // Counted in transit either way: with its descriptor the memory arrives whatever
+        // happens, but its *name* must also outlive this handle until the receiver holds it
+        // (it may attach by name, or pass the name on to CPython).
+        if self.tracked {
             tracker::send(&Msg::InTransit(self.name.clone())).map_err(ser::Error::custom)?;
         }
         Wire {
@@ -346,7 +349,7 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
         Some(fd) => {
             let seg = Segment::map_fd(w.name.clone(), fd, tracked).map_err(de::Error::custom)?;
             if tracked {
-                tracker::send_quietly(&Msg::Attached(w.name));
+                tracker::send_quietly(&Msg::Received(w.name));
             }
             seg
         }

@@ -64,6 +64,10 @@ pub(crate) enum Msg {
     Unlinked(String),
 }
 
+/// How long a tracker with no connection left waits for the receivers of encodings still in
+/// transit before it unlinks everything and exits.
+const TRANSIT_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a client waits for a tracker to start or to confirm a connection.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,23 +122,43 @@ pub(crate) fn send(msg: &Msg) -> io::Result<()> {
             Some(START_TIMEOUT),
         ) {
             Ok(()) => return Ok(()),
-            Err(e) if attempt == 0 => {
-                tracing_note(&e);
-                *client = None;
-            }
+            // Gone (the tracker exited): connect again. Slow (a timeout): keep the
+            // connection, which holds this process's counts, and report the error.
+            Err(e) if attempt == 0 && tracker_gone(&e) => *client = None,
             Err(e) => return Err(e),
         }
     }
     Err(io::Error::other("the segment tracker is unreachable"))
 }
 
-fn tracing_note(_e: &io::Error) {
-    // A broken connection means the tracker is gone; the retry starts another.
+fn tracker_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
-/// Sends `msg` if a tracker can be reached, ignoring failures (detaching, in `Drop`).
+/// Sends `msg` if a tracker can be reached, ignoring failures.
 pub(crate) fn send_quietly(msg: &Msg) {
     let _ = send(msg);
+}
+
+/// Sends `msg` only over this process's existing connection (a `Detached` in `Drop`: with
+/// no connection, this process holds no count to take back, and no tracker is started just
+/// to hear it).
+pub(crate) fn send_if_connected(msg: &Msg) {
+    let Ok(bytes) = codec::encode(msg) else {
+        return;
+    };
+    let client = lock_client();
+    if let Some(c) = client.as_ref().filter(|c| c.pid == sys::caller().0) {
+        let _ = sys::send_frame(
+            c.sock.as_slice()[0].as_fd(),
+            &bytes,
+            &[],
+            Some(START_TIMEOUT),
+        );
+    }
 }
 
 /// In a fork child: the parent's connection is the parent's (its descriptor was pointed at
@@ -318,13 +342,16 @@ impl Tracker {
                 self.attach(conn, name, 1);
             }
             Msg::Forget(name) => {
-                self.attach(conn, name.clone(), -1);
-                if let Some(e) = self.names.get_mut(&name) {
-                    e.created -= 1;
+                if self.attach(conn, name.clone(), -1) {
+                    if let Some(e) = self.names.get_mut(&name) {
+                        e.created -= 1;
+                    }
                 }
                 self.settle(&name);
             }
-            Msg::Attached(name) => self.attach(conn, name, 1),
+            Msg::Attached(name) => {
+                self.attach(conn, name, 1);
+            }
             Msg::Detached(name) => {
                 self.attach(conn, name.clone(), -1);
                 self.settle(&name);
@@ -344,15 +371,24 @@ impl Tracker {
         }
     }
 
-    fn attach(&mut self, conn: usize, name: String, delta: i64) {
+    /// Counts one more (`delta` 1) or one less (-1) hold of `name` by `conn`. A connection
+    /// never lets go of more than it holds (a confused or reconnected client cannot push a
+    /// count below zero and so unlink what others hold); returns whether anything changed.
+    fn attach(&mut self, conn: usize, name: String, delta: i64) -> bool {
         self.names.entry(name.clone()).or_default();
-        if let Some(c) = self.conns.get_mut(conn) {
-            let n = c.refs.entry(name.clone()).or_insert(0);
-            *n += delta;
-            if *n == 0 {
-                c.refs.remove(&name);
-            }
+        let Some(c) = self.conns.get_mut(conn) else {
+            return false;
+        };
+        let held = c.refs.get(&name).copied().unwrap_or(0);
+        if held + delta < 0 {
+            return false;
         }
+        if held + delta == 0 {
+            c.refs.remove(&name);
+        } else {
+            c.refs.insert(name, held + delta);
+        }
+        true
     }
 
     /// Unlinks (if the program's) and forgets `name` once nothing holds it.
@@ -370,6 +406,11 @@ impl Tracker {
                 self.names.remove(name);
             }
         }
+    }
+
+    /// Whether some encoding is still on its way to a receiver.
+    fn in_transit(&self) -> bool {
+        self.names.values().any(|e| e.created > 0 && e.transit > 0)
     }
 
     fn drop_conn(&mut self, i: usize) {
@@ -401,6 +442,7 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
     // tracker must outlive the processes it cleans up after.
     sys::ignore_sigint(true);
     sys::ignore_sigterm();
+    sys::ignore_sighup();
     let address = tree::with(|me| address_for(&me.authkey));
     let listener =
         match SocketAddr::from_abstract_name(&address).and_then(|a| UnixListener::bind_addr(&a)) {
@@ -429,10 +471,22 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             refs: HashMap::new(),
         }],
     };
-    while !t.conns.is_empty() {
+    // With no connection left but encodings still in transit (a child's result that
+    // carries a segment by name, say), wait a while for their receivers.
+    let mut grace: Option<std::time::Instant> = None;
+    loop {
+        if t.conns.is_empty() {
+            let until = *grace.get_or_insert_with(|| std::time::Instant::now() + TRANSIT_GRACE);
+            if !t.in_transit() || std::time::Instant::now() >= until {
+                break;
+            }
+        } else {
+            grace = None;
+        }
         let mut fds = vec![listener.as_fd()];
         fds.extend(t.conns.iter().map(|c| c.sock.as_fd()));
-        let ready = match sys::poll_fds(&fds, None) {
+        let wait = grace.map(|g| g.saturating_duration_since(std::time::Instant::now()));
+        let ready = match sys::poll_fds(&fds, wait) {
             Ok(r) => r,
             Err(_) => break,
         };
@@ -447,9 +501,20 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
             let conn = &mut t.conns[c];
             let open = conn.reader.fill(conn.sock.as_fd(), false).unwrap_or(false);
             let mut msgs = Vec::new();
-            while let Ok(Some(frame)) = conn.reader.next_frame() {
-                if let Ok(msg) = codec::decode::<Msg>(&frame.bytes) {
-                    msgs.push(msg);
+            let mut open = open;
+            loop {
+                match conn.reader.next_frame() {
+                    Ok(Some(frame)) => {
+                        if let Ok(msg) = codec::decode::<Msg>(&frame.bytes) {
+                            msgs.push(msg);
+                        }
+                    }
+                    Ok(None) => break,
+                    // An oversized frame: not one of ours. Its sender is dropped.
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
                 }
             }
             for msg in msgs {
@@ -605,6 +670,28 @@ mod tests {
         assert!(t.doomed.is_empty());
         t.drop_conn(0);
         assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn a_connection_never_lets_go_of_more_than_it_holds() {
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("a")));
+        // A confused client (one that reconnected, say) detaches what it never attached.
+        t.apply(1, Msg::Detached(s("a")));
+        t.apply(1, Msg::Detached(s("a")));
+        assert!(t.doomed.is_empty(), "the creator still holds it");
+        t.apply(0, Msg::Detached(s("a")));
+        assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn encodings_in_transit_are_known() {
+        let mut t = tracker(1);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::InTransit(s("a")));
+        t.drop_conn(0);
+        assert!(t.in_transit(), "a receiver may still come");
+        assert!(t.doomed.is_empty());
     }
 
     #[test]

@@ -709,6 +709,14 @@ pub(crate) fn ignore_sigterm() {
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
 }
 
+/// Ignores SIGHUP (the segment tracker must outlive a closed terminal long enough to clean
+/// up after the program's processes).
+pub(crate) fn ignore_sighup() {
+    // SAFETY:
+    // - installing SIG_IGN runs no code of ours in signal context.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The running executable
 

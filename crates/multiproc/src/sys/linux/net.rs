@@ -187,6 +187,11 @@ pub(crate) fn read_some(sock: BorrowedFd<'_>, buf: &mut [u8], wait: bool) -> io:
     }
 }
 
+/// Whether `fd` is an `AF_UNIX` socket (which can carry descriptors).
+pub(crate) fn is_unix_socket(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+}
+
 /// How many CPUs this process may run on (its affinity mask).
 pub(crate) fn cpus_allowed() -> usize {
     rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count() as usize)
