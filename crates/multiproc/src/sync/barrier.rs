@@ -81,6 +81,13 @@ impl Serialize for Action {
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = ActionWire::deserialize(d)?;
+        if !callable::in_trusted_decoding() {
+            return Err(de::Error::custom(
+                "a Barrier with an action can reach another process only as a Process \
+                 argument (an action is code: from any other source it could name any \
+                 address)",
+            ));
+        }
         if w.build != callable::build_identity() {
             return Err(de::Error::custom(
                 "a Barrier's action cannot go to a process running another build",

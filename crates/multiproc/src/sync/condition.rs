@@ -128,7 +128,7 @@ impl Condition {
         Ok(Self {
             lock: lock.into(),
             cells: Cells {
-                seg: new_segment(Kind::Condition, 3)?,
+                seg: new_segment(Kind::Condition, 4)?,
             },
         })
     }
@@ -157,6 +157,18 @@ impl Condition {
 
     fn epoch(&self) -> &AtomicU32 {
         self.cells.seg.word(2)
+    }
+
+    /// Waiters moved to the lock's futex by notifies and not yet back.
+    fn requeued(&self) -> &AtomicU32 {
+        self.cells.seg.word(3)
+    }
+
+    fn lock_raw(&self) -> super::lock::RawMutex<'_> {
+        match &self.lock {
+            ConditionLock::Lock(l) => l.raw_mutex(),
+            ConditionLock::RLock(l) => l.raw_mutex(),
+        }
     }
 
     /// Acquires the lock.
@@ -270,6 +282,16 @@ impl Condition {
             ConditionLock::Lock(l) => l.reacquire(),
             ConditionLock::RLock(l) => l.reacquire(saved),
         };
+        // Another waiter moved to the lock's futex with this one is still asleep there: the
+        // next unlock must wake it (this thread took the lock without marking it).
+        if notified {
+            let moved_before =
+                self.requeued()
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if moved_before.is_ok_and(|n| n > 1) {
+                self.lock_raw().mark_waiters();
+            }
+        }
         if !notified {
             // Under the lock again: a notify that counted us left a signal; otherwise we are
             // still among the waiters.
@@ -348,8 +370,21 @@ impl Condition {
         }
         self.waiters().store(waiting - k, Ordering::Relaxed);
         self.signals().fetch_add(k, Ordering::Release);
-        self.epoch().fetch_add(1, Ordering::Release);
-        sys::futex_wake(self.epoch(), k.min(WAKE_ALL));
+        let epoch = self.epoch().fetch_add(1, Ordering::Release).wrapping_add(1);
+        // Wait morphing: the notified sleepers move to the lock's futex and wake when this
+        // thread lets go of the lock, instead of waking now to find it held (which costs two
+        // more context switches per wake-up on one CPU).
+        let lock = self.lock_raw();
+        lock.mark_waiters();
+        match sys::futex_requeue(self.epoch(), k.min(WAKE_ALL), lock.state, epoch) {
+            Ok(moved) => {
+                let moved = u32::try_from(moved).unwrap_or(u32::MAX);
+                self.requeued().fetch_add(moved, Ordering::Relaxed);
+            }
+            Err(_) => {
+                sys::futex_wake(self.epoch(), k.min(WAKE_ALL));
+            }
+        }
         Ok(())
     }
 

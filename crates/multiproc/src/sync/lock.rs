@@ -156,6 +156,11 @@ impl RawMutex<'_> {
     pub(crate) fn owner(&self) -> u32 {
         self.state.load(Ordering::Relaxed) & OWNER
     }
+
+    /// Marks the lock as having sleepers (by its holder), so the next unlock wakes one.
+    pub(crate) fn mark_waiters(&self) {
+        self.state.fetch_or(WAITERS, Ordering::Relaxed);
+    }
 }
 
 fn acquire_with<G>(
@@ -458,6 +463,11 @@ impl Lock {
     pub(crate) fn is_mine(&self) -> bool {
         self.owner() == Some(sys::caller())
     }
+
+    /// Its state word, as the mutex protocol (for `Condition`).
+    pub(crate) fn raw_mutex(&self) -> RawMutex<'_> {
+        self.raw()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -713,6 +723,11 @@ impl RLock {
         } else {
             self.count_word().load(Ordering::Relaxed)
         }
+    }
+
+    /// Its state word, as the mutex protocol (for `Condition`).
+    pub(crate) fn raw_mutex(&self) -> RawMutex<'_> {
+        self.raw()
     }
 
     /// Whether the calling thread owns it.

@@ -256,6 +256,27 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
+/// Moves up to `n` sleepers from `from` to `to` without waking them, if `from` still holds
+/// `expected` (a condition variable hands its notified waiters to its lock this way, so they
+/// wake when the notifier unlocks rather than wake to find the lock held). Returns how many
+/// moved.
+pub(crate) fn futex_requeue(
+    from: &AtomicU32,
+    n: u32,
+    to: &AtomicU32,
+    expected: u32,
+) -> io::Result<usize> {
+    let n = n.min(i32::MAX as u32);
+    Ok(futex::cmp_requeue(
+        from,
+        futex::Flags::empty(),
+        0,
+        n,
+        to,
+        expected,
+    )?)
+}
+
 /// Wakes up to `n` sleepers on `word` (`u32::MAX`: all); returns how many woke.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     // The kernel reads the count as a signed int: `u32::MAX` would be -1, which wakes one.
