@@ -87,6 +87,35 @@
 //! assert_eq!(p.exitcode().unwrap(), Some(1));
 //! ```
 //!
+//! ## Shared state
+//!
+//! [`Value`], [`Array`], [`SharedMemory`] and the synchronisation objects ([`Lock`],
+//! [`RLock`], [`Semaphore`], [`Condition`], [`Event`], [`Barrier`]) live in shared memory
+//! and can be handed to a child like any argument (or sent in a message), under every start
+//! method. A segment is removed when the program's last process lets go of it, however that
+//! process ended; a lock whose holder died is taken over by the next acquirer, who is told.
+//!
+//! ```
+//! use multiproc::{Array, Process, StartMethod, Value};
+//!
+//! fn square_into((i, squares, total): (usize, Array<u64>, Value<u64>)) {
+//!     let x = (i * i) as u64;
+//!     squares.set(i, x).unwrap();
+//!     total.fetch_add(x); // atomic: no lock needed
+//! }
+//!
+//! # multiproc::set_start_method(StartMethod::Fork).unwrap();
+//! let squares = Array::<u64>::zeroed(4).unwrap();
+//! let total = Value::new(0u64).unwrap();
+//! for i in 0..4 {
+//!     let mut p = Process::new(square_into, (i, squares.clone(), total.clone()));
+//!     p.start().unwrap();
+//!     p.join().unwrap();
+//! }
+//! assert_eq!(squares.to_vec().unwrap(), [0, 1, 4, 9]);
+//! assert_eq!(total.load(), 14);
+//! ```
+//!
 //! ## Guide
 //!
 //! [`guide`] maps Python's API onto this one, name by name.
