@@ -634,3 +634,160 @@ fn a_condition_shares_a_values_lock() {
         assert_eq!(p.join_result().unwrap(), 3);
     });
 }
+
+/// Runs `f` in a thread and tells whether it is still running after a while.
+fn still_running_after_a_while<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> (std::thread::JoinHandle<R>, bool) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let r = f();
+        let _ = tx.send(());
+        r
+    });
+    let running = rx.recv_timeout(Duration::from_millis(200)).is_err();
+    (t, running)
+}
+
+#[multiproc::test]
+fn a_guard_stays_exclusive_when_its_plain_lock_is_released_from_under_it() {
+    let lock = Lock::new().unwrap();
+    let a = Array::from_slice_with_lock(&[0u32, 0], lock.clone()).unwrap();
+    let mut g = a.lock().map_err(|e| e.to_string()).unwrap();
+    lock.release().unwrap();
+    // The caller's own calls still refuse; a second guard too.
+    assert_eq!(a.set(0, 42), Err(ArrayError::GuardHeld));
+    assert_eq!(a.get(0), Err(ArrayError::GuardHeld));
+    assert_eq!(a.fetch_add(0, 1), Err(ArrayError::GuardHeld));
+    assert!(matches!(a.try_lock(), Err(ArrayLockError::HeldByCaller)));
+    // Another thread's calls wait for the guard, though the lock is free.
+    let (setter, running) = still_running_after_a_while({
+        let a = a.clone();
+        move || a.set(0, 42)
+    });
+    let (adder, adder_running) = still_running_after_a_while({
+        let a = a.clone();
+        move || a.fetch_add(1, 5)
+    });
+    assert!(running, "another thread wrote under a live guard");
+    assert!(adder_running, "an atomic operation ran under a live guard");
+    assert_eq!(g[0], 0);
+    g[0] = 7;
+    g[1] = 1;
+    drop(g);
+    assert_eq!(setter.join().unwrap(), Ok(()));
+    assert_eq!(adder.join().unwrap(), Ok(1));
+    assert_eq!(a.to_vec().unwrap(), [42, 6]);
+}
+
+#[multiproc::test]
+fn a_guard_stays_exclusive_when_its_rlock_level_is_released_from_under_it() {
+    let a = Array::from_slice(&[0u32]).unwrap();
+    let mut g = a.lock().map_err(|e| e.to_string()).unwrap();
+    let ValueLock::RLock(l) = a.get_lock() else {
+        panic!("the default lock is an RLock")
+    };
+    l.release().unwrap();
+    assert_eq!(l.owner(), None);
+    let (setter, running) = still_running_after_a_while({
+        let a = a.clone();
+        move || a.set(0, 42)
+    });
+    let (locker, locker_running) = still_running_after_a_while({
+        let a = a.clone();
+        move || {
+            a.lock_timeout(Duration::from_millis(100))
+                .map(|g| g[0])
+                .map_err(|e| e.to_string())
+        }
+    });
+    assert!(running, "another thread wrote under a live guard");
+    assert!(!locker_running);
+    assert_eq!(locker.join().unwrap(), Err("timed out".to_owned()));
+    assert_eq!(g[0], 0);
+    g[0] = 1;
+    drop(g);
+    assert_eq!(setter.join().unwrap(), Ok(()));
+    assert_eq!(a.get(0).unwrap(), 42);
+}
+
+#[multiproc::test]
+fn atomic_operations_never_overlap_another_threads_guard() {
+    const GUARDS: u64 = 2_000;
+    let a = Array::<u64>::zeroed(1).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let adders: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, stop) = (a.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    a.fetch_add(0, 1).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..GUARDS {
+        let mut g = a.lock().map_err(|e| e.to_string()).unwrap();
+        let before = g[0];
+        for _ in 0..50 {
+            std::hint::spin_loop();
+        }
+        // Read again (through an opaque reference, so the load is made).
+        let again = *std::hint::black_box(&g[0]);
+        assert_eq!(before, again, "an atomic add ran under the guard");
+        g[0] += 1_000_000;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let adds: u64 = adders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(a.get(0).unwrap(), adds + GUARDS * 1_000_000);
+}
+
+#[multiproc::test]
+fn shared_memory_reads_and_writes_at_any_offset_while_other_threads_do() {
+    let shm = multiproc::SharedMemory::create(4096 + 13).unwrap();
+    // Every offset and length around word boundaries, the last bytes of the object included.
+    for (offset, len) in [(0, 1), (1, 6), (3, 5), (5, 11), (7, 30), (8, 8), (4090, 19)] {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ 0x5a)
+            .collect();
+        shm.write(offset, &data).unwrap();
+        let mut back = vec![0u8; len];
+        shm.read(offset, &mut back).unwrap();
+        assert_eq!(back, data, "at {offset}, {len} bytes");
+    }
+    assert!(shm.write(4096 + 10, &[0; 4]).is_err());
+    // Writers of neighbouring bytes that share 8-byte words never undo each other.
+    let writers: Vec<_> = (0..8u8)
+        .map(|k| {
+            let shm = shm.clone();
+            std::thread::spawn(move || {
+                for round in 0..2_000u32 {
+                    let v = [k.wrapping_add(round as u8); 3];
+                    shm.write(100 + 3 * usize::from(k), &v).unwrap();
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let shm = shm.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 24];
+            for _ in 0..2_000 {
+                shm.read(100, &mut buf).unwrap();
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    reader.join().unwrap();
+    let mut last = [0u8; 24];
+    shm.read(100, &mut last).unwrap();
+    for k in 0..8u8 {
+        let want = k.wrapping_add(1_999u32 as u8);
+        assert_eq!(&last[3 * usize::from(k)..][..3], &[want; 3], "writer {k}");
+    }
+}

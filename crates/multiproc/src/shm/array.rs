@@ -3,14 +3,28 @@
 //!
 //! **The guard word.** An Array's guard ([`Array::lock`]) hands out `&mut [T]` straight into
 //! shared memory (a fill of a million elements runs at memory speed), so nothing else may
-//! touch the elements while it lives. The lock keeps out everyone who takes it; the array's
-//! own calls made by the guard's thread, which would not wait for a lock that thread holds,
-//! find the guard's owner in the *guard word* (a `u64` at byte 64: pid << 32 | thread id,
-//! 0 when no guard lives) and refuse with [`ArrayError::GuardHeld`] rather than alias the
-//! slice. The word is written only by holders of the lock; a holder that takes the lock fresh
-//! clears a word a dead guard holder left behind. The lock-free atomic operations of other
-//! threads and processes, which take no lock, read the word first and, while a guard lives,
-//! wait for the lock instead.
+//! touch the elements while it lives. The lock alone cannot promise that: a plain
+//! [`Lock`](crate::Lock) may be released by anyone, an [`RLock`] level by its owner, while the
+//! guard lives. So the exclusion is the *guard word* (a `u64` at byte 64 of the segment):
+//! `pid << 32 | thread id` of its holder, with bit 63 set for a guard, or 0. A guard and
+//! every locked call (after taking the lock, as before) claim it with a compare-and-swap from
+//! 0 and clear it when done; while it names another live holder they wait (a guard within
+//! its timeout), and while it names the caller's own guard they refuse
+//! ([`ArrayError::GuardHeld`], [`ArrayLockError::HeldByCaller`]). A word whose holder's
+//! process is gone is taken over (a guard that does so reports
+//! [`ArrayLockError::OwnerDied`]). The word is never cleared while it names a live holder.
+//!
+//! **The atomic operations** take no lock and claim no word: they count themselves in an
+//! *in-flight* counter (a `u64` at byte 72), then read the guard word (both `SeqCst`); with
+//! no guard bit they run and count themselves out, else they count themselves out and wait
+//! for the guard to go. A guard, after publishing its word (`SeqCst`), waits for the counter
+//! to drain before it hands out the slice. Either the guard's read of the counter sees an
+//! operation (and waits for it), or the operation's read of the word sees the guard (and
+//! waits for it): no operation ever overlaps a guard's slice. This costs an operation two
+//! read-modify-writes on one shared line, where taking the lock would cost as much and make
+//! it wait for every locked call too. (A process killed in the few instructions between an
+//! operation's count in and out would leave the counter raised, and later guards would wait
+//! for it; a [`lock_timeout`](Array::lock_timeout) still returns.)
 //!
 //! # Safety
 //!
@@ -24,7 +38,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, Deref, DerefMut, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -32,8 +46,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::ShmError;
 use super::segment::Kind;
 use super::value::{
-    AtomicElement, AtomicNumber, Element, GUARD_OFFSET, Hold, Init, Slots, SlotsOf, ValueLock,
-    ValueLockGuard, atomic_op,
+    AtomicElement, AtomicNumber, Element, GUARD_OFFSET, IN_FLIGHT_OFFSET, Init, Slots, SlotsOf,
+    ValueLock, ValueLockGuard, atomic_op,
 };
 use crate::sync::{AcquireError, RLock};
 use crate::sys;
@@ -184,8 +198,92 @@ fn me() -> u64 {
     (u64::from(pid) << 32) | u64::from(tid)
 }
 
-/// A word no segment owns (every segment is checked to hold the guard word when made).
+/// The guard word's mark of a guard (a locked call's claim has it clear).
+const GUARD_BIT: u64 = 1 << 63;
+
+/// The process named by a guard word.
+fn pid_of(word: u64) -> u32 {
+    ((word & !GUARD_BIT) >> 32) as u32
+}
+
+/// Words no segment owns (every segment is checked to hold the control line when decoded).
 static SPARE_GUARD_WORD: AtomicU64 = AtomicU64::new(0);
+static SPARE_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Waiting for the guard word or the in-flight counter: a short spin, a few yields, then
+/// sleeps growing to a millisecond.
+struct Backoff {
+    round: u32,
+}
+
+impl Backoff {
+    const SPINS: u32 = 64;
+    const YIELDS: u32 = 16;
+
+    fn new() -> Self {
+        Self { round: 0 }
+    }
+
+    /// Whether waiting reached the sleeps (when checking a holder's life is worth its cost).
+    fn sleeping(&self) -> bool {
+        self.round >= Self::SPINS + Self::YIELDS
+    }
+
+    /// Waits one round; `false` (at once) if `deadline` has passed.
+    fn wait(&mut self, deadline: Option<Instant>) -> bool {
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(l) if !l.is_zero() => Some(l),
+                _ => return false,
+            },
+            None => None,
+        };
+        if self.round < Self::SPINS {
+            std::hint::spin_loop();
+        } else if !self.sleeping() {
+            std::thread::yield_now();
+        } else {
+            let step = (self.round - Self::SPINS - Self::YIELDS).min(7);
+            let nap = Duration::from_micros(10 << step).min(Duration::from_millis(1));
+            std::thread::sleep(left.map_or(nap, |l| l.min(nap)));
+        }
+        self.round = self.round.saturating_add(1);
+        true
+    }
+}
+
+/// A claim of the guard word (a guard's or a locked call's); cleared on drop, if it still
+/// holds (only a takeover from a dead holder could have changed it, and a live claimant's
+/// word is never taken over).
+struct Claim<'a> {
+    word: &'a AtomicU64,
+    value: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .word
+            .compare_exchange(self.value, 0, Ordering::SeqCst, Ordering::Relaxed);
+    }
+}
+
+/// Why a claim of the guard word failed.
+enum ClaimError {
+    /// The calling thread's own guard holds it.
+    Mine,
+    /// Another live holder held it past the deadline (or at once, for a try).
+    Timeout,
+}
+
+/// An atomic operation counted in flight; counted out on drop.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Array
@@ -204,13 +302,9 @@ static SPARE_GUARD_WORD: AtomicU64 = AtomicU64::new(0);
 /// a Process argument or part of any message, under every start method, and decodes only as
 /// an `Array` of the same `T`. An array of length 0 is allowed (as in CPython).
 ///
-/// **The one rule the types cannot check.** A guard's slice is exclusive because everyone
-/// takes the lock, and the array's atomic operations wait for the lock while a guard lives;
-/// but an atomic operation that started just as another thread made its guard may still run
-/// during the guard's first moments. Do not mix the atomic operations on an array with guards
-/// *held by other threads or processes at the same time*; each on its own, or either with the
-/// locked calls, is fine. (A [`Value`](crate::Value)'s guard works on a copy, so a Value has no
-/// such rule.)
+/// A guard's slice is exclusive whatever else runs: the locked calls and the atomic
+/// operations of every thread and process wait for it (or, in its own thread, refuse), even
+/// if its lock is released from under it (see the module's documentation on the guard word).
 ///
 /// # Examples
 ///
@@ -387,24 +481,64 @@ impl<T: Element> Array<T> {
             .unwrap_or(&SPARE_GUARD_WORD)
     }
 
-    /// Runs `f` under the lock, unless the calling thread's guard on this array lives.
-    fn locked<R>(&self, f: impl FnOnce(&Slots<T>) -> R) -> Result<R, ArrayError> {
-        let held = self.lock.hold();
+    fn in_flight(&self) -> &AtomicU64 {
+        self.slots
+            .segment()
+            .map()
+            .atomic_u64(IN_FLIGHT_OFFSET)
+            .unwrap_or(&SPARE_IN_FLIGHT)
+    }
+
+    /// Claims the guard word for `value` (the caller as [`me`], with [`GUARD_BIT`] for a
+    /// guard): waits while another live holder has it (until `deadline`; not at all unless
+    /// `block`), and takes it over from a holder whose process is gone (then the `bool` is
+    /// true).
+    fn claim(
+        &self,
+        value: u64,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(Claim<'_>, bool), ClaimError> {
         let word = self.guard_word();
-        match held {
-            // The lock was free: no guard lives; a mark left by a dead holder goes.
-            Hold::Took(_) => {
-                if word.load(Ordering::Relaxed) != 0 {
-                    word.store(0, Ordering::Relaxed);
-                }
-            }
-            // This thread held it: through its own guard on this array?
-            Hold::AlreadyMine => {
-                if word.load(Ordering::Relaxed) == me() {
-                    return Err(ArrayError::GuardHeld);
+        let mut took_over = false;
+        let mut backoff = Backoff::new();
+        loop {
+            match word.compare_exchange(0, value, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ok((Claim { word, value }, took_over)),
+                Err(w) if w == me() | GUARD_BIT => return Err(ClaimError::Mine),
+                Err(w) => {
+                    if (!block || backoff.sleeping()) && !sys::process_alive(pid_of(w)) {
+                        took_over |= word
+                            .compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok();
+                        continue;
+                    }
+                    if !block || !backoff.wait(deadline) {
+                        return Err(ClaimError::Timeout);
+                    }
                 }
             }
         }
+    }
+
+    /// Whether the calling thread's guard on this array lives (only this thread sets or
+    /// clears that value of the word, so the answer stays true while it acts on it).
+    fn guard_is_mine(&self) -> bool {
+        self.guard_word().load(Ordering::Relaxed) == me() | GUARD_BIT
+    }
+
+    /// Runs `f` under the lock and the guard word, unless the calling thread's guard on this
+    /// array lives.
+    fn locked<R>(&self, f: impl FnOnce(&Slots<T>) -> R) -> Result<R, ArrayError> {
+        // Checked before the lock: with its lock released from under it, the caller's own
+        // guard would otherwise be waited for while someone else takes the lock.
+        if self.guard_is_mine() {
+            return Err(ArrayError::GuardHeld);
+        }
+        let _held = self.lock.hold();
+        let (_claim, _) = self
+            .claim(me(), true, None)
+            .map_err(|_| ArrayError::GuardHeld)?;
         Ok(f(&self.slots))
     }
 
@@ -577,8 +711,8 @@ impl<T: Element> Array<T> {
     }
 
     /// Runs the atomic `op` on element `i`: at once, unless a guard on the array lives; then
-    /// (another thread's or process's guard) after taking the lock, or (the caller's own)
-    /// not at all.
+    /// (another thread's or process's guard) once it is gone, or (the caller's own) not at
+    /// all.
     fn atomic<R>(&self, i: usize, op: impl FnOnce(*mut T) -> R) -> Result<R, ArrayError>
     where
         T: AtomicElement,
@@ -587,11 +721,35 @@ impl<T: Element> Array<T> {
         if i >= len {
             return Err(index_error(i, len));
         }
-        if self.guard_word().load(Ordering::Relaxed) == 0 {
-            return self.slots.atomic(i, op).ok_or_else(|| index_error(i, len));
+        let _counted = self.enter_unguarded()?;
+        self.slots.atomic(i, op).ok_or_else(|| index_error(i, len))
+    }
+
+    /// Counts the caller in flight once no guard lives (see the module's documentation).
+    fn enter_unguarded(&self) -> Result<InFlight<'_>, ArrayError> {
+        let (word, counter) = (self.guard_word(), self.in_flight());
+        let mut backoff = Backoff::new();
+        loop {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let w = word.load(Ordering::SeqCst);
+            if w & GUARD_BIT == 0 {
+                return Ok(InFlight(counter));
+            }
+            counter.fetch_sub(1, Ordering::SeqCst);
+            // Wait for the guard without counting in, so its drain is not held up.
+            let mut w = w;
+            while w & GUARD_BIT != 0 {
+                if w == me() | GUARD_BIT {
+                    return Err(ArrayError::GuardHeld);
+                }
+                if backoff.sleeping() && !sys::process_alive(pid_of(w)) {
+                    let _ = word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
+                } else {
+                    backoff.wait(None);
+                }
+                w = word.load(Ordering::SeqCst);
+            }
         }
-        self.locked(|s| s.atomic(i, op))?
-            .ok_or_else(|| index_error(i, len))
     }
 }
 
@@ -603,31 +761,42 @@ impl<T: Element + Pod> Array<T> {
         block: bool,
         timeout: Option<Duration>,
     ) -> Result<ArrayGuard<'_, T>, ArrayLockError<ArrayGuard<'_, T>>> {
-        let me = me();
-        let word = self.guard_word();
-        if self.lock.is_mine() {
-            let refuse = match self.lock {
-                // Not recursive: a guard could not keep it held past the outer holder.
-                ValueLock::Lock(_) => true,
-                // Recursive: fine, unless the holder is this array's own guard.
-                ValueLock::RLock(_) => word.load(Ordering::Relaxed) == me,
-            };
-            if refuse {
-                return Err(ArrayLockError::HeldByCaller);
-            }
+        // A second guard would alias the first's slice (checked before the lock: the
+        // caller's own guard may have had its lock released from under it).
+        if self.guard_is_mine() {
+            return Err(ArrayLockError::HeldByCaller);
         }
-        let (held, died) = match self.lock.acquire_inner(block, timeout) {
+        // Not recursive: a guard could not keep a plain Lock held past the outer holder.
+        if matches!(self.lock, ValueLock::Lock(_)) && self.lock.is_mine() {
+            return Err(ArrayLockError::HeldByCaller);
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let (held, lock_died) = match self.lock.acquire_inner(block, timeout) {
             Ok(g) => (g, false),
             Err(AcquireError::OwnerDied(g)) => (g, true),
             Err(AcquireError::Timeout) => return Err(ArrayLockError::Timeout),
         };
-        word.store(me, Ordering::Relaxed);
+        let (claim, word_died) = match self.claim(me() | GUARD_BIT, block, deadline) {
+            Ok(c) => c,
+            Err(ClaimError::Mine) => return Err(ArrayLockError::HeldByCaller),
+            Err(ClaimError::Timeout) => return Err(ArrayLockError::Timeout),
+        };
+        // The word is published (SeqCst): atomic operations that count in from now on see
+        // it and stay out; wait for those counted in before it to finish.
+        let counter = self.in_flight();
+        let mut backoff = Backoff::new();
+        while counter.load(Ordering::SeqCst) != 0 {
+            if !backoff.wait(deadline) {
+                return Err(ArrayLockError::Timeout);
+            }
+        }
         let guard = ArrayGuard {
             array: self,
+            _claim: claim,
             _held: held,
             _not_send: PhantomData,
         };
-        if died {
+        if lock_died || word_died {
             Err(ArrayLockError::OwnerDied(guard))
         } else {
             Ok(guard)
@@ -854,8 +1023,8 @@ macro_rules! element_atomics {
 }
 
 /// Atomic operations on one element, without the lock. While a guard on the array lives,
-/// they wait for the lock (another thread's or process's guard) or refuse with
-/// [`ArrayError::GuardHeld`] (the caller's own); see the rule in [`Array`]'s documentation.
+/// they wait for it to go (another thread's or process's guard, even one whose lock was
+/// released from under it) or refuse with [`ArrayError::GuardHeld`] (the caller's own).
 impl<T: AtomicElement> Array<T> {
     element_atomics!("Array", atomic);
 }
@@ -902,7 +1071,8 @@ impl<'de, T: Element> Deserialize<'de> for Array<T> {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ArrayGuard<'a, T: Element> {
     array: &'a Array<T>,
-    // Released after `drop` has cleared the guard word.
+    // The guard word, naming this guard; cleared (dropped) before the lock is released.
+    _claim: Claim<'a>,
     _held: ValueLockGuard<'a>,
     // The guard word names this thread; an RLock checks its owner's thread.
     _not_send: PhantomData<*const ()>,
@@ -917,10 +1087,13 @@ impl<T: Element + Pod> Deref for ArrayGuard<'_, T> {
         // - `s.as_ptr()` holds `s.len()` elements inside the mapping the array keeps alive for
         //   at least `'a` (the `Slots` invariant), aligned (layout);
         // - every bit pattern is a `T` (`Pod`), whatever other processes wrote;
-        // - no one writes them while the guard lives: everyone who writes takes the lock,
-        //   which the guard holds; this thread's own calls on the array refuse while the guard
-        //   word names it; the atomic operations wait for the lock while the word is set (the
-        //   rule in `Array`'s documentation covers the moment before they see it).
+        // - no one writes them while the guard lives: the guard's claim of the guard word is
+        //   cleared only when the guard drops (never taken over: this process lives); every
+        //   locked call claims the word before it touches the elements (waiting or refusing
+        //   while this guard has it); every atomic operation counts itself in flight and then
+        //   reads the word, and the guard drained the counter after publishing the word (all
+        //   `SeqCst`), so none runs from then on; a `RawArray` never decodes from an
+        //   `Array`'s segment (type tags differ).
         unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) }
     }
 }
@@ -928,15 +1101,11 @@ impl<T: Element + Pod> Deref for ArrayGuard<'_, T> {
 impl<T: Element + Pod> DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
         let s = &self.array.slots;
-        // SAFETY: as in `deref`, and no one reads them either (the same reasons), and `&mut
-        // self` makes this the only borrow of the guard.
+        // SAFETY:
+        // - as in `deref`: in bounds, aligned, any bit pattern a `T`;
+        // - no one else reads or writes them while the guard lives (the same reasons);
+        // - `&mut self` makes this the only borrow of the guard.
         unsafe { std::slice::from_raw_parts_mut(s.as_ptr(), s.len()) }
-    }
-}
-
-impl<T: Element> Drop for ArrayGuard<'_, T> {
-    fn drop(&mut self) {
-        self.array.guard_word().store(0, Ordering::Relaxed);
     }
 }
 

@@ -3,7 +3,8 @@
 //! ([`ValueLock`]), and [`Slots`], the typed memory under all four.
 //!
 //! **Layout.** Each object is one typed segment: the 64-byte header (kind, element size,
-//! count, type tag), a 64-byte control line (an Array's guard word; unused by a Value), and
+//! count, type tag), a 64-byte control line (an Array's guard word and in-flight count; unused
+//! by a Value), and
 //! the elements from byte 128 on. 128 is a multiple of every alignment up to 64, and a
 //! mapping starts on a page, so every element is aligned; a type aligned to more than 64
 //! bytes is refused at compile time.
@@ -33,9 +34,9 @@
 //! # Safety
 //!
 //! This file opts in to `unsafe` for:
-//! - the chunked atomic copies between shared memory and private buffers ([`copy_out`],
-//!   [`copy_in`]): atomics made with `AtomicU64::from_ptr` and friends over addresses the
-//!   layout guarantees to be inside a live mapping and aligned;
+//! - calling the chunked atomic copies between shared memory and private buffers
+//!   (`copy_out`, `copy_in` of `sys`), over addresses the layout guarantees to be inside a
+//!   live mapping and aligned;
 //! - the atomic operations of [`AtomicElement`] and [`AtomicNumber`], the same way;
 //! - reading bytes copied out of shared memory as a `T` (only after bytemuck's check);
 //! - [`Slots`], which keeps a pointer into the mapping its segment owns (so it is `Send` and
@@ -51,7 +52,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32,
-    AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicU64, AtomicUsize, Ordering,
 };
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use super::ShmError;
 use super::segment::{self, HEADER_LEN, Header, Kind, Segment};
 use crate::sync::{AcquireError, ConditionLock, Lock, LockGuard, RLock, RLockGuard};
+use crate::sys::{copy_in, copy_out};
 
 // ---------------------------------------------------------------------------------------------
 // Element types
@@ -396,6 +398,9 @@ pub(super) const DATA_OFFSET: usize = 2 * HEADER_LEN;
 /// Where an Array's guard word lies (the control line between header and data).
 pub(super) const GUARD_OFFSET: usize = HEADER_LEN;
 
+/// Where an Array's count of atomic operations in flight lies (the same line).
+pub(super) const IN_FLIGHT_OFFSET: usize = HEADER_LEN + 8;
+
 /// The largest alignment an element may have.
 const MAX_ALIGN: usize = 64;
 
@@ -413,95 +418,6 @@ const fn width<T>() -> usize {
     } else {
         1
     }
-}
-
-/// Copies `$len` bytes in chunks of `$w` bytes: for each chunk at byte `$i`, `$load` gives
-/// its value (a `$u`; `$atom` is the atomic of that width) and `$store` puts `$v` away.
-macro_rules! chunked {
-    ($len:expr, $w:expr, |$i:ident, $u:ident, $atom:ident, $v:ident| $load:block $store:block) => {
-        match $w {
-            8 => chunked!(@ $len, u64, AtomicU64, |$i, $u, $atom, $v| $load $store),
-            4 => chunked!(@ $len, u32, AtomicU32, |$i, $u, $atom, $v| $load $store),
-            2 => chunked!(@ $len, u16, AtomicU16, |$i, $u, $atom, $v| $load $store),
-            _ => chunked!(@ $len, u8, AtomicU8, |$i, $u, $atom, $v| $load $store),
-        }
-    };
-    (@ $len:expr, $ut:ty, $at:ty, |$i:ident, $u:ident, $atom:ident, $v:ident| $load:block $store:block) => {{
-        type $u = $ut;
-        type $atom = $at;
-        const W: usize = size_of::<$u>();
-        let mut base = 0;
-        // Four chunks a round, all loaded before any is stored: the compiler does not move
-        // plain loads across atomic stores, and a round of independent stores runs at
-        // `memcpy`'s speed where one load and store at a time runs at about two thirds of it.
-        while base + 4 * W <= $len {
-            let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|k| {
-                let $i = base + k * W;
-                $load
-            });
-            for (k, $v) in [c0, c1, c2, c3].into_iter().enumerate() {
-                let $i = base + k * W;
-                $store
-            }
-            base += 4 * W;
-        }
-        while base < $len {
-            let $i = base;
-            let $v = $load;
-            $store
-            base += W;
-        }
-    }};
-}
-
-/// Copies `len` bytes out of shared memory at `src` into private memory at `dst`, in relaxed
-/// atomic loads of `w` bytes, then fences like an acquire.
-///
-/// # Safety
-///
-/// - `src` is valid for reads and writes of `len` bytes for the call (inside a live
-///   mapping), aligned to `w`, and every other access to those bytes in this process is
-///   atomic (the layout's rule, see the file's documentation).
-/// - `dst` is valid for writes of `len` bytes and no other thread touches it.
-/// - `w` is 1, 2, 4 or 8, and `len` is a multiple of it.
-#[inline]
-unsafe fn copy_out(src: *const u8, dst: *mut u8, len: usize, w: usize) {
-    chunked!(len, w, |i, U, A, v| {
-        // SAFETY:
-        // - `src + i` is inside the range, aligned to `w` = the atomic's size and alignment,
-        //   and only accessed atomically meanwhile (the caller's promises).
-        unsafe { A::from_ptr(src.add(i).cast_mut().cast::<U>()) }.load(Ordering::Relaxed)
-    } {
-        // SAFETY: `dst + i .. + w` is inside the private destination (the caller's promise);
-        // it may be unaligned.
-        unsafe { dst.add(i).cast::<U>().write_unaligned(v) };
-    });
-    fence(Ordering::Acquire);
-}
-
-/// Fences like a release, then copies `len` bytes from private memory at `src` into shared
-/// memory at `dst` in relaxed atomic stores of `w` bytes.
-///
-/// # Safety
-///
-/// - `dst` is valid for reads and writes of `len` bytes for the call (inside a live
-///   mapping), aligned to `w`, and every other access to those bytes in this process is
-///   atomic.
-/// - `src` is valid for reads of `len` bytes, all initialised.
-/// - `w` is 1, 2, 4 or 8, and `len` is a multiple of it.
-#[inline]
-unsafe fn copy_in(src: *const u8, dst: *mut u8, len: usize, w: usize) {
-    fence(Ordering::Release);
-    chunked!(len, w, |i, U, A, v| {
-        // SAFETY: `src + i .. + w` is inside the initialised source (the caller's promise);
-        // it may be unaligned.
-        unsafe { src.add(i).cast::<U>().read_unaligned() }
-    } {
-        // SAFETY:
-        // - `dst + i` is inside the range, aligned to `w`, and only accessed atomically
-        //   meanwhile (the caller's promises).
-        unsafe { A::from_ptr(dst.add(i).cast::<U>()) }.store(v, Ordering::Relaxed);
-    });
 }
 
 /// A `T` from bytes copied out of shared memory: checked, and `T`'s zero if they are not a
@@ -650,13 +566,19 @@ impl<T: Element> Slots<T> {
         raw: bool,
     ) -> Result<Self, D::Error> {
         let (seg, len) = segment::deserialize_typed(d, kind, size_of::<T>() as u64, tag::<T>(raw))?;
-        let name = seg.name().to_owned();
-        let bad = || de::Error::custom(ShmError::WrongKind(name.clone()));
+        Self::checked_len(seg, kind, len).map_err(de::Error::custom)
+    }
+
+    /// The elements of a decoded `kind` segment whose header says `len`: an error unless the
+    /// segment holds them all (a truncated segment, or a header that lies, is refused here,
+    /// before any element is touched).
+    fn checked_len(seg: Arc<Segment>, kind: Kind, len: u64) -> Result<Self, ShmError> {
+        let bad = || ShmError::WrongKind(seg.name().to_owned());
         let len = usize::try_from(len).map_err(|_| bad())?;
         if kind == Kind::Value && len != 1 {
             return Err(bad());
         }
-        Self::new(seg, len).ok_or_else(bad)
+        Self::new(seg.clone(), len).ok_or_else(bad)
     }
 
     /// The number of elements.
@@ -861,8 +783,9 @@ macro_rules! atomic_op {
         //   (elements start at a 64-byte boundary and atomic types are at most 8 bytes, a
         //   power of two);
         // - every other access to it is atomic: copies are chunked atomics of the element's
-        //   width, which for these types is their size (an Array's guard is excluded by the
-        //   array's own check or, across threads, by its documented rule).
+        //   width, which for these types is their size; an Array's guard never overlaps
+        //   them (its guard word and in-flight count, see `array.rs`; a `RawArray` has no
+        //   guard).
         unsafe { T::$f(p, $($arg),*) }
     }};
 }
@@ -1748,5 +1671,32 @@ impl<'de, T: Element> Deserialize<'de> for RawValue<T> {
         Ok(Self {
             slots: Slots::deserialize(d, Kind::Value, true)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_claiming_more_elements_than_the_segment_holds_is_refused() {
+        let slots = Slots::<u64>::create(Kind::Array, false, Init::Zeroed(4)).unwrap();
+        let seg = slots.seg.clone();
+        let room = ((seg.size() - DATA_OFFSET) / 8) as u64;
+        let decode = |len: u64| Slots::<u64>::checked_len(seg.clone(), Kind::Array, len);
+        assert_eq!(decode(4).map(|s| s.len()).ok(), Some(4));
+        assert!(decode(room).is_ok());
+        for lie in [room + 1, 1 << 40, u64::MAX / 8 + 1, u64::MAX] {
+            assert!(
+                matches!(decode(lie), Err(ShmError::WrongKind(_))),
+                "{lie} elements"
+            );
+        }
+        // Through the header, as a decoder reads it.
+        assert!(seg.map().write(16, &(room + 1).to_le_bytes()));
+        let len = seg.check_header(Kind::Array, 8, tag::<u64>(false)).unwrap();
+        assert!(decode(len).is_err());
+        // A Value's segment must hold exactly one.
+        assert!(Slots::<u64>::checked_len(seg.clone(), Kind::Value, 2).is_err());
     }
 }

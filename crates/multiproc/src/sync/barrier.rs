@@ -367,7 +367,12 @@ impl Barrier {
     /// # Ok::<(), multiproc::ShmError>(())
     /// ```
     pub fn parties(&self) -> u32 {
-        self.w(4).load(Ordering::Relaxed)
+        // Bounded by the slots the segment holds (and at least 1), whatever a corrupt
+        // segment's word says.
+        let room =
+            (self.cells.seg.size().saturating_sub(segment::HEADER_LEN) / 4).saturating_sub(SLOTS);
+        let room = u32::try_from(room).unwrap_or(u32::MAX);
+        self.w(4).load(Ordering::Relaxed).min(room).max(1)
     }
 
     fn default_timeout(&self) -> Option<Duration> {
@@ -435,7 +440,9 @@ impl Barrier {
         let pid = sys::caller().0;
         let mine = self.take_slot(pid);
         let round = self.rounds();
-        let (held, result) = if index + 1 == self.parties() {
+        // `>=`: a corrupt count past `parties` releases rather than waits for a party that
+        // cannot come (never more than `parties` are inside otherwise).
+        let (held, result) = if index.saturating_add(1) >= self.parties() {
             (held, self.release_round().map(|()| index))
         } else {
             let released = |b: &Self| b.rounds() != round;
@@ -457,7 +464,13 @@ impl Barrier {
         };
         // Leave: the last one out of a draining or resetting round reopens the barrier.
         self.free_slot(pid);
-        let left = self.count().fetch_sub(1, Ordering::Relaxed) - 1;
+        let left = self
+            .count()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(1))
+            })
+            .unwrap_or_else(|c| c)
+            .saturating_sub(1);
         if left == 0 && matches!(self.state(), DRAINING | RESETTING) {
             self.set_state(FILLING);
         }
@@ -550,5 +563,42 @@ impl Barrier {
         } else {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_words_neither_panic_nor_reach_past_the_slots() {
+        let b = Barrier::new(2).unwrap();
+        // A parties word far past the slots the segment holds.
+        b.w(4).store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(b.parties(), 2);
+        b.w(4).store(0, Ordering::Relaxed);
+        assert_eq!(b.parties(), 1);
+        b.w(4).store(2, Ordering::Relaxed);
+        // A count word at its maximum: `index + 1` must not overflow; the round releases.
+        b.count().store(u32::MAX, Ordering::Relaxed);
+        assert_eq!(
+            b.wait_timeout(Duration::from_millis(10)).ok(),
+            Some(u32::MAX)
+        );
+        // A count word of 0 when a party leaves: `count - 1` must not underflow.
+        b.reset();
+        b.count().store(0, Ordering::Relaxed);
+        b.w(1).store(FILLING, Ordering::Relaxed);
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_timeout(Duration::from_secs(5)))
+        };
+        while b.count().load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        b.count().store(0, Ordering::Relaxed); // corrupted while the party waits
+        b.abort();
+        assert!(other.join().unwrap().is_err());
+        assert_eq!(b.count().load(Ordering::Relaxed), 0);
     }
 }

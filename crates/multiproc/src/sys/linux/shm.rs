@@ -5,9 +5,12 @@
 //!
 //! This file opts in to `unsafe` for `mmap(2)` and `munmap(2)` ([`Mapping`]), for turning
 //! addresses inside a live mapping into references to atomics ([`Mapping::atomic_u32`] and
-//! friends, which check bounds and alignment), and for the slices of [`Mapping::slice`] and
-//! [`Mapping::slice_mut`], whose callers promise that no one writes (or touches) the range
-//! while the slice lives. `pthread_atfork(3)` registers the handler that keeps the cached
+//! friends, which check bounds and alignment), for the chunked relaxed-atomic copies between
+//! shared and private memory ([`copy_out`], [`copy_in`]: [`Mapping::read`] and
+//! [`Mapping::write`] use them, and so do the typed objects of `shm/value.rs`), so that no
+//! two threads copying in and out of one mapping ever race, and for the slices of
+//! [`Mapping::slice`] and [`Mapping::slice_mut`], whose callers promise that no one writes
+//! (or touches) the range while the slice lives. `pthread_atfork(3)` registers the handler that keeps the cached
 //! thread identity true in a fork child.
 #![allow(unsafe_code)]
 
@@ -17,7 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use rustix::fs::Mode;
@@ -90,11 +93,16 @@ pub(crate) struct Mapping {
 
 // SAFETY:
 // - A `Mapping` is an address range that stays valid until drop; it has no thread-affine
-//   state. What is stored in it is shared with other processes anyway, so every access to
-//   its contents goes through atomics or through the `unsafe` slice accessors, whose callers
-//   take on the synchronisation.
+//   state.
+// - What is stored in it is shared with other processes anyway, and every access to its
+//   contents that safe code can make through it is atomic: the atomics of `atomic_u32` and
+//   friends, and the chunked relaxed-atomic copies of `read` and `write`.
+// - The rest is raw: the pointers of `as_ptr` and `typed_ptr` (whose users access through
+//   them only atomically or under their own exclusion, see `shm/value.rs`) and the `unsafe`
+//   slice accessors, whose callers take on the synchronisation.
 unsafe impl Send for Mapping {}
-// SAFETY: as for `Send`: `&Mapping` only hands out atomics, copies, or `unsafe` slices.
+// SAFETY: as for `Send`: `&Mapping` hands out only atomics, atomic copies, raw pointers and
+// `unsafe` slices, so two threads using one `Mapping` at once never race in Rust's sense.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -183,27 +191,83 @@ impl Mapping {
             .map(|p| p.cast::<T>())
     }
 
-    /// Copies `buf.len()` bytes from `offset` into `buf`; `false` if out of range.
+    /// Copies `buf.len()` bytes from `offset` into `buf` in relaxed atomic loads of 8
+    /// bytes, then fences like an acquire; `false` if out of range. Bytes written meanwhile
+    /// by another thread or process may arrive torn (some old, some new), never racing.
     pub(crate) fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
         let Some(p) = self.check(offset, buf.len(), 1) else {
             return false;
         };
+        let (head, middle, tail) = split_aligned(p as usize, buf.len());
+        // The partial words at both ends: loaded whole, the wanted bytes kept.
+        for (at, n) in [(0, head), (head + middle, tail)] {
+            if n > 0 {
+                let word = self
+                    .word_around(p, at)
+                    .load(Ordering::Relaxed)
+                    .to_ne_bytes();
+                let skip = (p as usize + at) % 8;
+                buf[at..at + n].copy_from_slice(&word[skip..skip + n]);
+            }
+        }
         // SAFETY:
-        // - the source range is inside the mapping (checked) and cannot overlap `buf`, which
-        //   is process-private memory; bytes written concurrently by another process may
-        //   arrive torn, which `u8` tolerates.
-        unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), buf.as_mut_ptr(), buf.len()) };
+        // - `p + head .. + middle` is inside the mapping (checked), aligned to 8
+        //   (`split_aligned`), and accessed only atomically meanwhile: every access that
+        //   `&Mapping` gives is (see the `Sync` impl), and the raw pointers' users touch only
+        //   the typed objects' elements, which no one reads or writes with these calls;
+        // - `buf[head .. head + middle]` is private and exclusively borrowed;
+        // - 8 is a width, and `middle` a multiple of it.
+        // (`copy_out` ends with the acquire fence, after the partial words too.)
+        unsafe { copy_out(p.add(head), buf.as_mut_ptr().add(head), middle, 8) };
         true
     }
 
-    /// Copies `data` to `offset`; `false` if out of range.
+    /// Fences like a release, then copies `data` to `offset` in relaxed atomic stores of 8
+    /// bytes (the partial words at both ends by compare-and-swap, keeping their other bytes);
+    /// `false` if out of range.
     pub(crate) fn write(&self, offset: usize, data: &[u8]) -> bool {
         let Some(p) = self.check(offset, data.len(), 1) else {
             return false;
         };
-        // SAFETY: as in `read`, the other way round.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        fence(Ordering::Release);
+        let (head, middle, tail) = split_aligned(p as usize, data.len());
+        for (at, n) in [(0, head), (head + middle, tail)] {
+            if n > 0 {
+                let skip = (p as usize + at) % 8;
+                let _ = self.word_around(p, at).fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |w| {
+                        let mut bytes = w.to_ne_bytes();
+                        bytes[skip..skip + n].copy_from_slice(&data[at..at + n]);
+                        Some(u64::from_ne_bytes(bytes))
+                    },
+                );
+            }
+        }
+        // SAFETY:
+        // - `p + head .. + middle` is inside the mapping (checked), aligned to 8, and
+        //   accessed only atomically (as in `read`);
+        // - `data[head .. head + middle]` is initialised (a `&[u8]`);
+        // - 8 is a width, and `middle` a multiple of it.
+        unsafe { copy_in(data.as_ptr().add(head), p.add(head), middle, 8) };
         true
+    }
+
+    /// The 8-byte-aligned word holding the byte `p + at`, as an atomic.
+    ///
+    /// `p + at` must be a byte of the mapping (the callers checked the range).
+    fn word_around(&self, p: *mut u8, at: usize) -> &AtomicU64 {
+        let addr = p as usize + at;
+        let base = p.wrapping_add(at).wrapping_sub(addr % 8);
+        // SAFETY:
+        // - `p + at` is a byte of the mapping (the caller's promise); the mapping starts on
+        //   a page and `mmap` maps whole pages, so the aligned 8 bytes around that byte lie
+        //   in mapped memory that lives as long as `self` (past `len` only within the last
+        //   page, which the object's zero fill covers);
+        // - `base` is aligned to 8; every access to those bytes through `&Mapping` is an
+        //   8-byte atomic (or a chunk of `copy_in`/`copy_out` of width 8).
+        unsafe { AtomicU64::from_ptr(base.cast::<u64>()) }
     }
 
     /// The bytes from `offset`, `len` long.
@@ -231,6 +295,105 @@ impl Mapping {
         // exclusive access meanwhile.
         Some(unsafe { std::slice::from_raw_parts_mut(p, len) })
     }
+}
+
+/// The head, middle and tail of `len` bytes from address `addr`: up to the first 8-byte
+/// boundary (at most the whole), whole 8-byte words, and the rest.
+fn split_aligned(addr: usize, len: usize) -> (usize, usize, usize) {
+    let head = ((8 - addr % 8) % 8).min(len);
+    let middle = (len - head) / 8 * 8;
+    (head, middle, len - head - middle)
+}
+
+/// Copies `$len` bytes in chunks of `$w` bytes: for each chunk at byte `$i`, `$load` gives
+/// its value (a `$u`; `$atom` is the atomic of that width) and `$store` puts `$v` away.
+macro_rules! chunked {
+    ($len:expr, $w:expr, |$i:ident, $u:ident, $atom:ident, $v:ident| $load:block $store:block) => {
+        match $w {
+            8 => chunked!(@ $len, u64, AtomicU64, |$i, $u, $atom, $v| $load $store),
+            4 => chunked!(@ $len, u32, AtomicU32, |$i, $u, $atom, $v| $load $store),
+            2 => chunked!(@ $len, u16, AtomicU16, |$i, $u, $atom, $v| $load $store),
+            _ => chunked!(@ $len, u8, AtomicU8, |$i, $u, $atom, $v| $load $store),
+        }
+    };
+    (@ $len:expr, $ut:ty, $at:ty, |$i:ident, $u:ident, $atom:ident, $v:ident| $load:block $store:block) => {{
+        type $u = $ut;
+        type $atom = $at;
+        const W: usize = size_of::<$u>();
+        let mut base = 0;
+        // Four chunks a round, all loaded before any is stored: the compiler does not move
+        // plain loads across atomic stores, and a round of independent stores runs at
+        // `memcpy`'s speed where one load and store at a time runs at about two thirds of it.
+        while base + 4 * W <= $len {
+            let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|k| {
+                let $i = base + k * W;
+                $load
+            });
+            for (k, $v) in [c0, c1, c2, c3].into_iter().enumerate() {
+                let $i = base + k * W;
+                $store
+            }
+            base += 4 * W;
+        }
+        while base < $len {
+            let $i = base;
+            let $v = $load;
+            $store
+            base += W;
+        }
+    }};
+}
+
+/// Copies `len` bytes out of shared memory at `src` into private memory at `dst`, in relaxed
+/// atomic loads of `w` bytes, then fences like an acquire.
+///
+/// # Safety
+///
+/// - `src` is valid for reads and writes of `len` bytes for the call (inside a live
+///   mapping), aligned to `w`, and every other access to those bytes in this process is
+///   atomic, of width `w` (the layout's rule, see `shm/value.rs`).
+/// - `dst` is valid for writes of `len` bytes and no other thread touches it.
+/// - `w` is 1, 2, 4 or 8, and `len` is a multiple of it.
+#[inline]
+pub(crate) unsafe fn copy_out(src: *const u8, dst: *mut u8, len: usize, w: usize) {
+    chunked!(len, w, |i, U, A, v| {
+        // SAFETY:
+        // - `src + i` is inside the range, aligned to `w` = the atomic's size and alignment,
+        //   and only accessed atomically meanwhile (the caller's promises).
+        unsafe { A::from_ptr(src.add(i).cast_mut().cast::<U>()) }.load(Ordering::Relaxed)
+    } {
+        // SAFETY:
+        // - `dst + i .. + w` is inside the private destination (the caller's promise); it
+        //   may be unaligned, hence `write_unaligned`.
+        unsafe { dst.add(i).cast::<U>().write_unaligned(v) };
+    });
+    fence(Ordering::Acquire);
+}
+
+/// Fences like a release, then copies `len` bytes from private memory at `src` into shared
+/// memory at `dst` in relaxed atomic stores of `w` bytes.
+///
+/// # Safety
+///
+/// - `dst` is valid for reads and writes of `len` bytes for the call (inside a live
+///   mapping), aligned to `w`, and every other access to those bytes in this process is
+///   atomic, of width `w`.
+/// - `src` is valid for reads of `len` bytes, all initialised.
+/// - `w` is 1, 2, 4 or 8, and `len` is a multiple of it.
+#[inline]
+pub(crate) unsafe fn copy_in(src: *const u8, dst: *mut u8, len: usize, w: usize) {
+    fence(Ordering::Release);
+    chunked!(len, w, |i, U, A, v| {
+        // SAFETY:
+        // - `src + i .. + w` is inside the initialised source (the caller's promise); it may
+        //   be unaligned, hence `read_unaligned`.
+        unsafe { src.add(i).cast::<U>().read_unaligned() }
+    } {
+        // SAFETY:
+        // - `dst + i` is inside the range, aligned to `w`, and only accessed atomically
+        //   meanwhile (the caller's promises).
+        unsafe { A::from_ptr(dst.add(i).cast::<U>()) }.store(v, Ordering::Relaxed);
+    });
 }
 
 impl Drop for Mapping {
