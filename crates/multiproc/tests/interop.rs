@@ -40,7 +40,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +47,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::python::{Python, python};
 use multiproc::Connection;
 use multiproc::codec::Pickle;
 use multiproc::connection::{AuthenticationError, Client, ConnectionError, Listener};
@@ -330,13 +330,6 @@ else:
     raise ValueError(sys.argv[1])
 "##;
 
-/// One CPython interpreter.
-#[derive(Debug, Clone)]
-struct Python {
-    exe: PathBuf,
-    version: (u32, u32),
-}
-
 impl Python {
     /// 3.12+: `{digest}` challenges and answers.
     fn modern(&self) -> bool {
@@ -363,102 +356,6 @@ impl Python {
             "DELIVER legacy 20 -> legacy 16"
         }
     }
-}
-
-/// Runs `exe` to learn its absolute path and version.
-fn probe(exe: &Path) -> Result<Python, String> {
-    let out = Command::new(exe)
-        .args([
-            "-I",
-            "-c",
-            "import sys; print(sys.executable); print(*sys.version_info[:2])",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            exe.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let path = lines.next().unwrap_or_default();
-    let version: Vec<u32> = lines
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    match (path, version.as_slice()) {
-        (path, &[major, minor]) if Path::new(path).is_absolute() => Ok(Python {
-            exe: path.into(),
-            version: (major, minor),
-        }),
-        _ => Err(format!("{} printed {text:?}", exe.display())),
-    }
-}
-
-/// `python3` from the PATH (required), by its absolute path.
-fn find_python3() -> Python {
-    let py = probe(Path::new("python3")).unwrap_or_else(|e| {
-        panic!("the interop tests need CPython 3.11 as `python3` on the PATH: {e}")
-    });
-    if py.version != (3, 11) {
-        eprintln!(
-            "note: python3 is {}.{}, not 3.11: the legacy handshake is not covered",
-            py.version.0, py.version.1
-        );
-    }
-    py
-}
-
-/// A pyenv version, or `None` (with a message) if pyenv or that version is missing.
-fn find_pyenv(version: &str) -> Option<Python> {
-    let prefix = match Command::new("pyenv")
-        .args(["prefix", version])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        Ok(out) => {
-            eprintln!(
-                "skipping CPython {version}: `pyenv prefix {version}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("skipping CPython {version}: cannot run pyenv: {e}");
-            return None;
-        }
-    };
-    match probe(&Path::new(&prefix).join("bin/python3")) {
-        Ok(py) => Some(py),
-        Err(e) => {
-            eprintln!("skipping CPython {version}: {e}");
-            None
-        }
-    }
-}
-
-/// The interpreter for `"3.11"`, `"3.12"` or `"3.13"` (found once per test binary).
-fn python(which: &str) -> Option<Python> {
-    static PY311: OnceLock<Python> = OnceLock::new();
-    static PY312: OnceLock<Option<Python>> = OnceLock::new();
-    static PY313: OnceLock<Option<Python>> = OnceLock::new();
-    let found = match which {
-        "3.11" => Some(PY311.get_or_init(find_python3).clone()),
-        "3.12" => PY312.get_or_init(|| find_pyenv("3.12.1")).clone(),
-        "3.13" => PY313.get_or_init(|| find_pyenv("3.13.0")).clone(),
-        _ => unreachable!("{which}"),
-    };
-    if found.is_none() {
-        eprintln!("skipped: CPython {which} not found");
-    }
-    found
 }
 
 /// A running Python script: its output lines come through a channel so that every read has

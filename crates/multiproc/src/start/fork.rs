@@ -18,7 +18,11 @@ use crate::process::child::{ChildShared, Launched, Reaper};
 use crate::process::{registry, tree};
 use crate::start::{self, Job, forkserver};
 use crate::sys::{self, Forked};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::io::{StderrLock, StdoutLock};
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, MutexGuard, RwLockWriteGuard};
 
 use crate::connection::endpoint;
 use crate::shm::tracker;
@@ -33,26 +37,11 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     bootstrap::ensure_panic_hook();
     callable::prepare_for_fork();
     registry::ensure_reaper();
-    // Lock order: standard output and error (a fork child flushes them before it exits, and
-    // must not find them held by a thread it does not have; taken first, because a thread may
-    // hold them while it starts a process), then the launch window, then identity, registry,
-    // channel to parent, forkserver client, segment tracker client, hook mode, chosen start
-    // method, open connections.
-    let stdout = std::io::stdout().lock();
-    let stderr = std::io::stderr().lock();
     // No other launch has a channel end out of the registry while the window is held, and
     // this one makes its channel inside it and registers its child before letting go (see
     // `registry::fork_window`).
-    let window = registry::fork_window();
-    let (parent_end, child_end) = sys::channel_pair().map_err(ProcessError::Launch)?;
-    let mut identity = tree::lock();
-    let mut reg = registry::lock();
-    let mut to_parent = bootstrap::lock_to_parent();
-    let mut client = forkserver::lock_client();
-    let mut tracker = tracker::lock_client();
-    let hook = bootstrap::lock_hook();
-    let chosen = context::chosen();
-    let mut connections = endpoint::lock_open();
+    let (mut locks, pair) = ForkLocks::take(sys::channel_pair);
+    let (parent_end, child_end) = pair.map_err(ProcessError::Launch)?;
     // SAFETY:
     // - `fork` requires that the child touch no lock another thread might hold; before it
     //   runs the target, the child below only uses the locks held right here (consistent,
@@ -67,44 +56,21 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
                 .iter()
                 .filter_map(|fd| fd.try_clone().ok())
                 .collect();
-            registry::after_fork_in_child(&mut reg);
-            forkserver::after_fork_in_child(&mut client);
-            tracker::after_fork_in_child(&mut tracker);
-            endpoint::after_fork_in_child(&mut connections);
+            registry::after_fork_in_child(&mut locks.reg);
+            forkserver::after_fork_in_child(&mut locks.client);
+            tracker::after_fork_in_child(&mut locks.tracker);
+            endpoint::after_fork_in_child(&mut locks.connections);
             // The parent's own channel to its parent is not ours.
-            *to_parent = None;
+            *locks.to_parent = None;
             // Forgotten, not freed: see `registry::after_fork_in_child`.
-            std::mem::forget(identity.replace(me));
-            drop((
-                identity,
-                reg,
-                to_parent,
-                client,
-                tracker,
-                hook,
-                chosen,
-                connections,
-                stdout,
-                stderr,
-                window,
-            ));
+            std::mem::forget(locks.identity.replace(me));
+            drop(locks);
             drop(parent_end);
             let daemon = job.me.daemon;
             bootstrap::run_child(job.callable, job.args, arg_fds, child_end, daemon)
         }
         Ok(Forked::Parent(pid)) => {
-            drop((
-                identity,
-                reg,
-                to_parent,
-                client,
-                tracker,
-                hook,
-                chosen,
-                connections,
-                stdout,
-                stderr,
-            ));
+            let window = locks.release_keeping_window();
             drop(child_end);
             let pidfd = match sys::pidfd_open(pid) {
                 Ok(fd) => fd,
@@ -140,19 +106,10 @@ pub(crate) fn fork_helper(
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
     use std::os::fd::AsRawFd;
     let _ = sys::dev_null();
-    let (parent_end, child_end) = sys::channel_pair()?;
-    // The same locks, in the same order, as `launch`: the child finds them consistent.
-    let stdout = std::io::stdout().lock();
-    let stderr = std::io::stderr().lock();
-    let window = registry::fork_window();
-    let identity = tree::lock();
-    let reg = registry::lock();
-    let to_parent = bootstrap::lock_to_parent();
-    let client = forkserver::lock_client();
-    let tracker = tracker::lock_client();
-    let hook = bootstrap::lock_hook();
-    let chosen = context::chosen();
-    let connections = endpoint::lock_open();
+    // The same locks, in the same order, as `launch` (the child finds them consistent), and
+    // the channel made inside the launch window, so no other fork copies its ends.
+    let (locks, pair) = ForkLocks::take(sys::channel_pair);
+    let (parent_end, child_end) = pair?;
     // SAFETY:
     // - `fork` requires that the child touch no lock another thread might hold: the child
     //   below releases the locks held right here (consistent in it), then only makes system
@@ -160,19 +117,7 @@ pub(crate) fn fork_helper(
     //   to code that could take a user's lock, and ends with `_exit`.
     let forked = unsafe { sys::fork() };
     let keep = child_end.as_raw_fd();
-    drop((
-        identity,
-        reg,
-        to_parent,
-        client,
-        tracker,
-        hook,
-        chosen,
-        connections,
-        stdout,
-        stderr,
-        window,
-    ));
+    drop(locks);
     match forked? {
         Forked::Child => {
             for fd in 0..3 {
@@ -187,5 +132,57 @@ pub(crate) fn fork_helper(
             drop(child_end);
             Ok(parent_end)
         }
+    }
+}
+
+/// Every lock a fork child may touch, held across `fork` so the child finds each one
+/// consistent. Taken in one order: standard output and error (a fork child flushes them before
+/// it exits, and must not find them held by a thread it does not have; first, because a
+/// thread may hold them while it starts a process), the launch window, then identity,
+/// registry, channel to parent, forkserver client, segment tracker client, hook mode, chosen
+/// start method, open connections. Released in field order: the window last.
+struct ForkLocks {
+    identity: MutexGuard<'static, Option<tree::Me>>,
+    reg: MutexGuard<'static, registry::Registry>,
+    to_parent: MutexGuard<'static, Option<UnixStream>>,
+    client: MutexGuard<'static, forkserver::Client>,
+    tracker: MutexGuard<'static, Option<tracker::Client>>,
+    _hook: MutexGuard<'static, Option<bootstrap::HookMode>>,
+    _chosen: MutexGuard<'static, Option<context::StartMethod>>,
+    connections: MutexGuard<'static, BTreeSet<RawFd>>,
+    _stdout: StdoutLock<'static>,
+    _stderr: StderrLock<'static>,
+    window: RwLockWriteGuard<'static, ()>,
+}
+
+impl ForkLocks {
+    /// Takes them all; `inside_window` runs once the launch window is held (a launch makes
+    /// its channel there).
+    fn take<T>(inside_window: impl FnOnce() -> T) -> (Self, T) {
+        let stdout = std::io::stdout().lock();
+        let stderr = std::io::stderr().lock();
+        let window = registry::fork_window();
+        let made = inside_window();
+        let locks = Self {
+            identity: tree::lock(),
+            reg: registry::lock(),
+            to_parent: bootstrap::lock_to_parent(),
+            client: forkserver::lock_client(),
+            tracker: tracker::lock_client(),
+            _hook: bootstrap::lock_hook(),
+            _chosen: context::chosen(),
+            connections: endpoint::lock_open(),
+            _stdout: stdout,
+            _stderr: stderr,
+            window,
+        };
+        (locks, made)
+    }
+
+    /// Releases all but the launch window, which the caller holds until its child is
+    /// registered.
+    fn release_keeping_window(self) -> RwLockWriteGuard<'static, ()> {
+        let Self { window, .. } = self;
+        window
     }
 }

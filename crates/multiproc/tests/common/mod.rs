@@ -3,6 +3,8 @@
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod python;
+
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
