@@ -25,7 +25,6 @@ exit code is checked.
 """
 
 import multiprocessing
-import os
 import struct
 
 import harness
@@ -109,14 +108,9 @@ def main():
             if ours.recv_bytes() != expected:
                 raise SystemExit("the child received another length")
 
-    # On two CPUs or more: the child on the last, the parent on the first (as the Rust cells
-    # do), so that every message crosses CPUs.
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[-1]})
-    child.start()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[0]})
+    # On two CPUs or more: the child on the last, the parent on the first, so that every
+    # message crosses CPUs.
+    harness.start_apart(child)
     theirs.close()
     harness.run(args, one_rep, per=n)
     ours.close()

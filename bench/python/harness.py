@@ -10,6 +10,7 @@ last line of standard output.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -29,6 +30,18 @@ def batch(args, full, quick):
     """How many operations one repetition does when each is too quick to time alone: `full`,
     or `quick` in a cell with no time budget (--quick). Same rule as `Reps::batch`."""
     return quick if args.budget_ms == 0 else full
+
+
+def start_apart(child):
+    """Starts the `multiprocessing.Process` `child`: if this process may run on two CPUs or
+    more, on the last of them, then moves this process to the first (as the Rust cells do
+    with `floor::place_child`), so that parent and child always sit on different CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+    child.start()
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[0]})
 
 
 def run(args, one_rep, per=1):

@@ -29,22 +29,11 @@ two CPUs or more, the child runs on the last and the parent on the first. At the
 child is told to stop and its exit code is checked.
 """
 
-import os
 import multiprocessing
 
 import harness
 
 PER = 1000
-
-
-def start_placed(child):
-    """Starts `child` on the last allowed CPU, then moves this process to the first."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[-1]})
-    child.start()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[0]})
 
 
 def counter_child(conn, parent_end, lock, v, n):
@@ -96,7 +85,7 @@ def batch_with_child(args, ctx, target, extra, ours, check):
     n = harness.batch(args, args.batch, args.quick_batch)
     mine, theirs = ctx.Pipe(duplex=True)
     child = ctx.Process(target=target, args=(theirs, mine) + extra + (n,))
-    start_placed(child)
+    harness.start_apart(child)
     theirs.close()
     done = [0]
 
@@ -173,7 +162,7 @@ def main():
         ping, pong = ctx.Event(), ctx.Event()
         stop = ctx.RawValue("i", 0)
         child = ctx.Process(target=event_child, args=(ping, pong, stop))
-        start_placed(child)
+        harness.start_apart(child)
 
         def one_rep():
             for _ in range(n):
@@ -190,7 +179,7 @@ def main():
         cond = ctx.Condition()
         turn = ctx.RawValue("i", 0)
         child = ctx.Process(target=condition_child, args=(cond, turn))
-        start_placed(child)
+        harness.start_apart(child)
 
         def one_rep():
             with cond:

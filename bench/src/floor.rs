@@ -19,8 +19,9 @@
 //! This is the bench's only file with `unsafe`: it calls `fork`, `execve`, `_exit`,
 //! `waitpid`, `socketpair`, `read`, `write` and `close` through `libc` (and `memfd_create`,
 //! `ftruncate`, `mmap`, `munmap` and `futex` for the shared-memory floors). Between `fork` and
-//! `execve`/`_exit` the child calls nothing but those, which are async-signal-safe, allocates
-//! nothing, and touches no memory the parent might change (everything it needs is built
+//! `execve`/`_exit` the child calls nothing but those (and `clock_gettime`, through
+//! `Instant::now`), which are async-signal-safe, allocates nothing, and touches no memory the
+//! parent might change but the atomics of a shared mapping (everything it needs is built
 //! before the fork), so it is sound even if the parent has other threads.
 #![allow(unsafe_code)]
 
@@ -858,7 +859,6 @@ impl SyncChild {
         w.go.store(GO_STOP, Ordering::Release);
         futex_wake(&w.go, 1);
         post_turn(&w.turn, STOP);
-        futex_wake(&w.turn, 1);
         wait_exit_zero(pid)
     }
 }

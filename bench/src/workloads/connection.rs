@@ -7,11 +7,11 @@
 //! - CPython: `multiprocessing.get_context("fork").Pipe()`, `send_bytes` / `recv_bytes`
 //!   (`recv_bytes_into` a `bytearray` for 64 MiB) (`python/connection.py`);
 //! - floor: an `AF_UNIX` `SOCK_STREAM` socketpair and a forked child, with raw `read` and
-//!   `write` of frames (a 4-byte length and the payload) ([`floor::SocketChild`]).
+//!   `write` of frames (a 4-byte length and the payload) ([`SocketChild`]).
 //!
 //! Each cell starts its child once, outside the timed region, then times its repetitions;
 //! on the two-CPU rows ({0,1}) it starts the child on CPU 1 and then moves itself to CPU 0
-//! ([`floor::place_child`]; the CPython script does the same), so that every message crosses
+//! ([`floor::place_child`](crate::floor::place_child); the CPython script does the same), so that every message crosses
 //! CPUs rather than wherever the scheduler happens to put the two processes run by run;
 //! at the end it closes its end and checks that the child exited with 0. A repetition of a
 //! round trip or stream row is a batch (smaller in `--quick`) and its time is divided by the
@@ -27,7 +27,8 @@
 //! - **64 MiB**: one message parent → child, received into a buffer allocated once, and a
 //!   4-byte answer.
 
-use crate::floor::{self, SocketChild, SocketJob};
+use super::common::{err, start_apart};
+use crate::floor::{SocketChild, SocketJob};
 use crate::workload::{Case, CellFn, Floor, LATENCY_CPUS, Python, Reps};
 
 /// Round trips per repetition (per `--quick` repetition).
@@ -54,16 +55,9 @@ fn frame(size: usize) -> Vec<u8> {
     f
 }
 
-fn io_err(e: std::io::Error) -> String {
-    e.to_string()
-}
-
 /// Starts a floor child, on another CPU than the parent's on a two-CPU row.
 fn start_floor_child(job: SocketJob, buf_len: usize) -> Result<SocketChild, String> {
-    let placement = floor::place_child().map_err(io_err)?;
-    let child = SocketChild::start(job, buf_len).map_err(io_err)?;
-    placement.place_parent().map_err(io_err)?;
-    Ok(child)
+    start_apart(|| SocketChild::start(job, buf_len).map_err(err))
 }
 
 /// The floor of a round trip of `size` bytes.
@@ -74,15 +68,15 @@ fn floor_round_trip(size: usize, reps: &Reps) -> Result<Vec<f64>, String> {
     let n = reps.batch(ROUND_TRIPS.0, ROUND_TRIPS.1);
     let samples = reps.time_per(n, || {
         for _ in 0..n {
-            child.write_all(&out).map_err(io_err)?;
-            let got = child.read_frame(&mut back).map_err(io_err)?;
+            child.write_all(&out).map_err(err)?;
+            let got = child.read_frame(&mut back).map_err(err)?;
             if back[..got] != out[..] {
                 return Err("the echo differs".to_owned());
             }
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
@@ -94,37 +88,35 @@ fn floor_stream(reps: &Reps) -> Result<Vec<f64>, String> {
     let mut answer = [0u8; 4];
     let samples = reps.time_per(n, || {
         for _ in 0..n {
-            child.write_all(&out).map_err(io_err)?;
+            child.write_all(&out).map_err(err)?;
         }
-        child.write_all(&[0; 4]).map_err(io_err)?;
-        child.read_exact(&mut answer).map_err(io_err)?;
+        child.write_all(&[0; 4]).map_err(err)?;
+        child.read_exact(&mut answer).map_err(err)?;
         if u32::from_be_bytes(answer) as usize != n {
             return Err("the child counted another number of messages".to_owned());
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
 /// The floor of one 64 MiB message.
 fn floor_bulk(reps: &Reps) -> Result<Vec<f64>, String> {
     let child = start_floor_child(SocketJob::Bulk, BULK_SIZE)?;
-    let header = u32::try_from(BULK_SIZE)
-        .map_err(|e| e.to_string())?
-        .to_be_bytes();
+    let header = u32::try_from(BULK_SIZE).map_err(err)?.to_be_bytes();
     let payload = message(BULK_SIZE);
     let mut answer = [0u8; 4];
     let samples = reps.time(|| {
-        child.write_all(&header).map_err(io_err)?;
-        child.write_all(&payload).map_err(io_err)?;
-        child.read_exact(&mut answer).map_err(io_err)?;
+        child.write_all(&header).map_err(err)?;
+        child.write_all(&payload).map_err(err)?;
+        child.read_exact(&mut answer).map_err(err)?;
         if answer != header {
             return Err("the child received another length".to_owned());
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
@@ -226,13 +218,8 @@ pub(crate) fn cases() -> Vec<Case> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::python_arg as arg;
     use super::*;
-
-    /// The value after `flag` in a CPython argument list.
-    fn arg(args: &[&str], flag: &str) -> usize {
-        let at = args.iter().position(|a| *a == flag).expect(flag);
-        args[at + 1].parse().expect("a number")
-    }
 
     #[test]
     fn python_args_agree() {

@@ -7,21 +7,15 @@
 //! does not keep its parent's connection ends open); any other error panics, so the child
 //! exits non-zero and the cell fails.
 
-use std::time::Duration;
-
+use multiproc::Connection;
 use multiproc::connection::ConnectionError;
-use multiproc::{Connection, Process};
 
+use super::common::{err, finish, samples_then, start_fork};
 use super::connection::{BULK_SIZE, ROUND_TRIPS, STREAM_MESSAGES, STREAM_SIZE, message};
-use crate::floor;
 use crate::workload::Reps;
 
 /// A connection carrying raw bytes.
 type Conn = Connection<Vec<u8>>;
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
 
 /// The child of a round trip: echoes every message.
 fn echo(mut conn: Conn) {
@@ -67,44 +61,23 @@ fn bulk(mut conn: Conn) {
     }
 }
 
-/// Starts `target` with the fork start method on one end of a new duplex pipe (on another
-/// CPU than this thread's on a two-CPU row) and returns the other end.
-fn start(target: fn(Conn)) -> Result<(Conn, Process<()>), String> {
-    let ctx = multiproc::get_context("fork").map_err(err)?;
-    let (ours, theirs) = multiproc::pipe::<Vec<u8>>(true).map_err(err)?;
-    let placement = floor::place_child().map_err(err)?;
-    let mut p = ctx.process(target, theirs);
-    p.start().map_err(err)?;
-    placement.place_parent().map_err(err)?;
-    Ok((ours, p))
-}
-
-/// Closes our end, which ends the child, and checks that it exited with 0 (killing it if it
-/// has not ended within 10 s).
-fn finish(ours: Conn, p: Process<()>) -> Result<(), String> {
-    drop(ours);
-    if !p.join_timeout(Duration::from_secs(10)).map_err(err)? {
-        let _ = p.kill();
-        p.join().map_err(err)?;
-        return Err("the child did not end when its parent closed the connection".to_owned());
-    }
-    match p.exitcode() {
-        Ok(Some(0)) => Ok(()),
-        other => Err(format!("the child did not exit with 0: {other:?}")),
-    }
-}
-
-/// Runs `job` against a child running `target`, then ends the child (even if `job` failed).
+/// Starts `target` with the fork start method on one end of a new duplex pipe, runs `job`
+/// on the other, then closes it, which ends the child, and checks that the child exited with
+/// 0 (even if `job` failed).
 fn with_child(
     target: fn(Conn),
     job: impl FnOnce(&mut Conn) -> Result<Vec<f64>, String>,
 ) -> Result<Vec<f64>, String> {
-    let (mut ours, p) = start(target)?;
+    let (mut ours, theirs) = multiproc::pipe::<Vec<u8>>(true).map_err(err)?;
+    let p = start_fork(target, theirs)?;
     let samples = job(&mut ours);
-    let finished = finish(ours, p);
-    let samples = samples?;
-    finished?;
-    Ok(samples)
+    // Closing our end ends the child.
+    drop(ours);
+    let finished = finish(
+        p,
+        "the child did not end when its parent closed the connection",
+    );
+    samples_then(samples, finished)
 }
 
 fn round_trip(size: usize, reps: &Reps) -> Result<Vec<f64>, String> {

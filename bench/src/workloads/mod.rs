@@ -1,6 +1,7 @@
 //! Every workload, one module each. To add one, write a module with a `cases()` function
 //! and list it in [`all`] (see `bench/README.md`).
 
+mod common;
 mod connection;
 mod connection_lib;
 mod large_parent;

@@ -11,6 +11,7 @@
 //! clock starts; starting it is the row "forkserver first start (server startup)", timed as
 //! the first start+join of a fresh process, once per process.
 
+use super::common::{err, exited_zero};
 use crate::floor;
 use crate::workload::{Case, CellFn, Floor, LATENCY_CPUS, Python, Reps};
 
@@ -20,15 +21,12 @@ fn noop(_: ()) {}
 /// Starts and joins a child that does nothing, once per repetition, with `method`, and
 /// checks that it exited with 0 (as the CPython script does).
 pub(super) fn start_join(method: &str, reps: &Reps) -> Result<Vec<f64>, String> {
-    let ctx = multiproc::get_context(method).map_err(|e| e.to_string())?;
+    let ctx = multiproc::get_context(method).map_err(err)?;
     reps.time(|| {
         let mut p = ctx.process(noop, ());
-        p.start().map_err(|e| e.to_string())?;
-        p.join().map_err(|e| e.to_string())?;
-        match p.exitcode() {
-            Ok(Some(0)) => Ok(()),
-            other => Err(format!("the child did not exit with 0: {other:?}")),
-        }
+        p.start().map_err(err)?;
+        p.join().map_err(err)?;
+        exited_zero(&p)
     })
 }
 
@@ -45,12 +43,12 @@ fn lib_forkserver(reps: &Reps) -> Result<Vec<f64>, String> {
 }
 
 pub(super) fn floor_fork(reps: &Reps) -> Result<Vec<f64>, String> {
-    reps.time(|| floor::fork_exit_wait().map_err(|e| e.to_string()))
+    reps.time(|| floor::fork_exit_wait().map_err(err))
 }
 
 pub(super) fn floor_exec(reps: &Reps) -> Result<Vec<f64>, String> {
-    let exec = floor::ExecFloor::new().map_err(|e| e.to_string())?;
-    reps.time(|| exec.run().map_err(|e| e.to_string()))
+    let exec = floor::ExecFloor::new().map_err(err)?;
+    reps.time(|| exec.run().map_err(err))
 }
 
 /// The floor of the fork start method.

@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use super::common::{err, start_apart};
 use crate::floor::{self, SharedMap, SyncChild, SyncJob};
 use crate::workload::{Case, CellFn, Floor, LATENCY_CPUS, Python, Reps};
 
@@ -52,10 +53,6 @@ pub(super) const ARRAY_LEN: usize = 1_000_000;
 /// How long the spinning ping-pong floor spins before it sleeps.
 pub(super) const SPIN: Duration = Duration::from_micros(50);
 
-pub(super) fn io_err(e: std::io::Error) -> String {
-    e.to_string()
-}
-
 /// The number of operations a repetition reports as units of [`PER`].
 pub(super) fn units(ops: usize) -> usize {
     ops.div_ceil(PER)
@@ -63,14 +60,11 @@ pub(super) fn units(ops: usize) -> usize {
 
 /// Starts a floor child, on another CPU than the parent's on a two-CPU row.
 fn start_floor_child(job: SyncJob) -> Result<SyncChild, String> {
-    let placement = floor::place_child().map_err(io_err)?;
-    let child = SyncChild::start(job).map_err(io_err)?;
-    placement.place_parent().map_err(io_err)?;
-    Ok(child)
+    start_apart(|| SyncChild::start(job).map_err(err))
 }
 
 fn floor_lock(reps: &Reps) -> Result<Vec<f64>, String> {
-    let map = SharedMap::new(size_of::<floor::SyncWords>()).map_err(io_err)?;
+    let map = SharedMap::new(size_of::<floor::SyncWords>()).map_err(err)?;
     let w = map.words();
     let n = reps.batch(LOCK_OPS.0, LOCK_OPS.1);
     reps.time_per(units(n), || {
@@ -98,12 +92,12 @@ fn floor_counter(reps: &Reps) -> Result<Vec<f64>, String> {
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
 fn floor_add_one(reps: &Reps) -> Result<Vec<f64>, String> {
-    let map = SharedMap::new(size_of::<floor::SyncWords>()).map_err(io_err)?;
+    let map = SharedMap::new(size_of::<floor::SyncWords>()).map_err(err)?;
     let w = map.words();
     let n = reps.batch(ADD_OPS.0, ADD_OPS.1);
     reps.time_per(units(n), || {
@@ -128,7 +122,7 @@ fn floor_add_two(reps: &Reps) -> Result<Vec<f64>, String> {
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
@@ -141,13 +135,13 @@ fn floor_ping_pong(spin: Duration, reps: &Reps) -> Result<Vec<f64>, String> {
         }
         Ok(())
     })?;
-    child.finish().map_err(io_err)?;
+    child.finish().map_err(err)?;
     Ok(samples)
 }
 
 /// A pre-faulted mapping of [`ARRAY_LEN`] `f64`.
 fn array_map() -> Result<SharedMap, String> {
-    SharedMap::new(ARRAY_LEN * size_of::<f64>()).map_err(io_err)
+    SharedMap::new(ARRAY_LEN * size_of::<f64>()).map_err(err)
 }
 
 /// Checks a filled array: element `i` holds `i`.
@@ -324,18 +318,13 @@ pub(crate) fn cases() -> Vec<Case> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::python_arg as arg;
     use super::*;
 
     /// CPython's batches of the two-process counter and adds, smaller than ours: its
     /// operation takes about a microsecond, so 20,000 already make tens of milliseconds.
     const PY_COUNTER_OPS: (usize, usize) = (20_000, 500);
     const PY_ADD2_OPS: (usize, usize) = (20_000, 500);
-
-    /// The value after `flag` in a CPython argument list.
-    fn arg(args: &[&str], flag: &str) -> usize {
-        let at = args.iter().position(|a| *a == flag).expect(flag);
-        args[at + 1].parse().expect("a number")
-    }
 
     #[test]
     fn python_args_agree() {

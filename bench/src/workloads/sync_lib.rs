@@ -7,52 +7,20 @@
 //! end ([`ConnectionError::Eof`]); any other error panics, so the child exits non-zero and the
 //! cell fails. The ping-pong children stop on a third event or a turn value.
 
-use std::time::Duration;
-
 use multiproc::connection::ConnectionError;
 use multiproc::{Array, Condition, Connection, Event, Lock, Process, RawValue, Value};
-use serde::{Serialize, de::DeserializeOwned};
 
+use super::common::{err, finish, samples_then, start_fork};
 use super::sync::{
     ADD_OPS, ADD2_OPS, ARRAY_LEN, COUNTER_OPS, LOCK_OPS, ROUND_TRIPS, check_fill, units,
 };
-use crate::floor;
 use crate::workload::Reps;
 
 /// A connection carrying raw bytes: the go/done signal of a batch.
 type Conn = Connection<Vec<u8>>;
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-/// Starts `target(args)` with the fork start method (on another CPU than this thread's on
-/// a two-CPU row).
-fn start<A>(target: fn(A), args: A) -> Result<Process<()>, String>
-where
-    A: Serialize + DeserializeOwned,
-{
-    let ctx = multiproc::get_context("fork").map_err(err)?;
-    let placement = floor::place_child().map_err(err)?;
-    let mut p = ctx.process(target, args);
-    p.start().map_err(err)?;
-    placement.place_parent().map_err(err)?;
-    Ok(p)
-}
-
-/// Waits for the child (killing it if it has not ended within 10 s) and checks that it
-/// exited with 0.
-fn finish(p: Process<()>) -> Result<(), String> {
-    if !p.join_timeout(Duration::from_secs(10)).map_err(err)? {
-        let _ = p.kill();
-        p.join().map_err(err)?;
-        return Err("the child did not end when told to".to_owned());
-    }
-    match p.exitcode() {
-        Ok(Some(0)) => Ok(()),
-        other => Err(format!("the child did not exit with 0: {other:?}")),
-    }
-}
+/// What [`finish`] reports of a child that did not end when told to.
+const HUNG: &str = "the child did not end when told to";
 
 /// Runs `job` for every go message on `conn`, answers each with `d`; returns at EOF.
 fn batches(mut conn: Conn, mut job: impl FnMut()) {
@@ -90,10 +58,7 @@ fn with_batch_child(
         check(total)
     });
     drop(conn);
-    let finished = finish(p);
-    let samples = samples?;
-    finished?;
-    Ok(samples)
+    samples_then(samples, finish(p, HUNG))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,7 +93,7 @@ pub(super) fn locked_counter(reps: &Reps) -> Result<Vec<f64>, String> {
     let lock = Lock::new().map_err(err)?;
     let v = RawValue::new(0i64).map_err(err)?;
     let (ours, theirs) = multiproc::pipe::<Vec<u8>>(true).map_err(err)?;
-    let p = start(counter_child, (theirs, lock.clone(), v.clone(), n))?;
+    let p = start_fork(counter_child, (theirs, lock.clone(), v.clone(), n))?;
     with_batch_child(
         ours,
         p,
@@ -171,7 +136,7 @@ pub(super) fn fetch_add_two(reps: &Reps) -> Result<Vec<f64>, String> {
     let n = reps.batch(ADD2_OPS.0, ADD2_OPS.1);
     let v = Value::new(0i64).map_err(err)?;
     let (ours, theirs) = multiproc::pipe::<Vec<u8>>(true).map_err(err)?;
-    let p = start(add_child, (theirs, v.clone(), n))?;
+    let p = start_fork(add_child, (theirs, v.clone(), n))?;
     with_batch_child(
         ours,
         p,
@@ -210,7 +175,7 @@ pub(super) fn event_ping_pong(reps: &Reps) -> Result<Vec<f64>, String> {
         Event::new().map_err(err)?,
         Event::new().map_err(err)?,
     );
-    let p = start(event_child, (ping.clone(), pong.clone(), stop.clone()))?;
+    let p = start_fork(event_child, (ping.clone(), pong.clone(), stop.clone()))?;
     let n = reps.batch(ROUND_TRIPS.0, ROUND_TRIPS.1);
     let samples = reps.time_per(n, || {
         for _ in 0..n {
@@ -222,10 +187,7 @@ pub(super) fn event_ping_pong(reps: &Reps) -> Result<Vec<f64>, String> {
     });
     stop.set();
     ping.set();
-    let finished = finish(p);
-    let samples = samples?;
-    finished?;
-    Ok(samples)
+    samples_then(samples, finish(p, HUNG))
 }
 
 /// The turn of the condition ping-pong: the child's when 1, the parent's when 0; 2 stops.
@@ -250,7 +212,7 @@ fn condition_child((cond, turn): (Condition, Turn)) {
 pub(super) fn condition_ping_pong(reps: &Reps) -> Result<Vec<f64>, String> {
     let cond = Condition::new().map_err(err)?;
     let turn: Turn = RawValue::new(0).map_err(err)?;
-    let p = start(condition_child, (cond.clone(), turn.clone()))?;
+    let p = start_fork(condition_child, (cond.clone(), turn.clone()))?;
     let n = reps.batch(ROUND_TRIPS.0, ROUND_TRIPS.1);
     let samples = reps.time_per(n, || {
         let _held = cond.acquire().map_err(err)?;
@@ -268,10 +230,7 @@ pub(super) fn condition_ping_pong(reps: &Reps) -> Result<Vec<f64>, String> {
         turn.set(2);
         cond.notify(1).map_err(err)?;
     }
-    let finished = finish(p);
-    let samples = samples?;
-    finished?;
-    Ok(samples)
+    samples_then(samples, finish(p, HUNG))
 }
 
 // ---------------------------------------------------------------------------------------------

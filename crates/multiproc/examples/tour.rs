@@ -74,14 +74,19 @@ fn divide((a, b): (u32, u32)) -> u32 {
     a.checked_div(b).expect("the divisor must not be zero")
 }
 
+/// Worker `i`'s part of `[0, limit)` split over `workers`.
+fn share(i: u64, workers: u64, limit: u64) -> (u64, u64) {
+    let step = limit.div_ceil(workers);
+    // With more workers than numbers, the last shares are empty (never reversed).
+    ((i * step).min(limit), ((i + 1) * step).min(limit))
+}
+
 /// Splits `[0, limit)` over `workers` processes made with `method`, and adds up their counts.
 fn primes_with(method: StartMethod, workers: u64, limit: u64) -> Result<u64, ProcessError> {
     let ctx = Context::new(method);
-    let step = limit.div_ceil(workers);
     let mut procs = Vec::new();
     for i in 0..workers {
-        let range = (i * step, ((i + 1) * step).min(limit));
-        let mut p = ctx.process(count_primes, range);
+        let mut p = ctx.process(count_primes, share(i, workers, limit));
         p.start()?;
         procs.push(p);
     }
@@ -138,12 +143,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("   exitcode {:?}", p.exitcode()?);
 
     println!("5. workers stream partial counts over pipes; wait() takes whichever is ready:");
-    let step = limit.div_ceil(workers);
     let mut readers = Vec::new();
     for i in 0..workers {
         let (reader, writer) = multiproc::pipe::<u64>(false)?;
-        let range = (i * step, ((i + 1) * step).min(limit));
-        Process::new(report_progress, (writer, range)).start()?;
+        Process::new(report_progress, (writer, share(i, workers, limit))).start()?;
         readers.push(reader);
     }
     let (mut total, mut messages) = (0, 0);
@@ -170,7 +173,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counts = Array::<u64>::zeroed(workers as usize)?;
     let mut procs = Vec::new();
     for i in 0..workers {
-        let range = (i * step, ((i + 1) * step).min(limit));
+        let range = share(i, workers, limit);
         let args = (total.clone(), counts.clone(), i as usize, range);
         let mut p = Process::new(count_into_shared, args);
         p.start()?;

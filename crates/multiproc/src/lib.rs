@@ -3,8 +3,8 @@
 //! Python's `multiprocessing`, rebuilt for Rust: the same concepts and names, Rust's types,
 //! and none of CPython's traps.
 //!
-//! This release has processes and start methods; connections, shared memory and locks,
-//! queues, the pool and the manager build on them (see the README's table).
+//! This release has processes and start methods, connections, shared memory and
+//! synchronisation; queues, the pool and the manager build on them (see the README's table).
 //!
 //! ## A first process
 //!
@@ -202,14 +202,7 @@ pub mod __fuzz {
         message: &[u8],
     ) -> Result<(Option<&'static str>, &[u8]), AuthenticationError> {
         let (d, payload) = auth::digest_and_payload(message)?;
-        let name = d.map(|d| match d {
-            Digest::Md5 => "md5",
-            Digest::Sha256 => "sha256",
-            Digest::Sha384 => "sha384",
-            Digest::Sha3_256 => "sha3_256",
-            Digest::Sha3_384 => "sha3_384",
-        });
-        Ok((name, payload))
+        Ok((d.map(Digest::name), payload))
     }
 
     /// `auth::parse_challenge`.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::wait_until;
+use common::{collect, shm_exists, wait_until};
 use multiproc::connection::{Address, AuthenticationError, Client, ConnectionError};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -130,17 +130,6 @@ impl Run {
             self.stderr
         );
     }
-}
-
-/// Reads a pipe to its end on a thread; the text arrives on the returned channel.
-fn collect(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
-    });
-    rx
 }
 
 /// Runs `cmd` to its end, within [`RUN_LIMIT`]; panics if it cannot start.
@@ -1190,10 +1179,7 @@ fn s29_shm_no_leak() {
     assert_eq!(lines.last(), Some(&"left in /dev/shm: none"));
     for name in names {
         assert!(name.starts_with("psm_"), "{name}");
-        assert!(
-            !Path::new("/dev/shm").join(name).exists(),
-            "{name} left behind"
-        );
+        assert!(!shm_exists(name), "{name} left behind");
     }
 }
 

@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+mod common;
+
+use common::python::{Python, python};
 use multiproc::codec::{Codec, Pickle, PyValue};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
@@ -123,85 +125,47 @@ for name, mode, expr, data in zip(*[iter(records)] * 4):
         print('FAIL %s: %s: %s' % (name, type(e).__name__, e))
 "#;
 
-struct Python {
-    label: String,
-    exe: PathBuf,
+/// How the messages name `py`.
+fn label(py: &Python) -> String {
+    format!(
+        "CPython {}.{} ({})",
+        py.version.0,
+        py.version.1,
+        py.exe.display()
+    )
 }
 
-impl Python {
-    /// Runs `script` with `records` on stdin; returns stdout. Panics if Python fails.
-    fn run(&self, script: &str, records: Vec<u8>) -> Vec<u8> {
-        let program = format!("{PRELUDE}\n{script}");
-        let mut child = Command::new(&self.exe)
-            .args(["-I", "-c", &program])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.label));
-        let mut stdin = child.stdin.take().unwrap();
-        // Written from another thread, so a large input cannot block against the output.
-        let writer = std::thread::spawn(move || stdin.write_all(&records));
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        assert!(
-            out.status.success(),
-            "{} failed: {}\n{}",
-            self.label,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-}
-
-fn version_of(exe: &PathBuf) -> Option<String> {
-    let out = Command::new(exe)
-        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// Runs `script` with `records` on stdin under `py`; returns stdout. Panics if Python fails.
+fn run(py: &Python, script: &str, records: Vec<u8>) -> Vec<u8> {
+    let program = format!("{PRELUDE}\n{script}");
+    let mut child = Command::new(&py.exe)
+        .args(["-I", "-c", &program])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", label(py)));
+    let mut stdin = child.stdin.take().unwrap();
+    // Written from another thread, so a large input cannot block against the output.
+    let writer = std::thread::spawn(move || stdin.write_all(&records));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}\n{}",
+        label(py),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// `python3` (required), then pyenv's 3.12.1 and 3.13.0 when installed.
 fn interpreters() -> Vec<Python> {
-    let python3 = PathBuf::from("python3");
-    let version = version_of(&python3).expect("python3 (CPython 3.11) must be installed");
-    assert!(version.starts_with("3."), "python3 is {version}");
-    let mut found = vec![Python {
-        label: format!("python3 ({version})"),
-        exe: python3,
-    }];
-    for wanted in ["3.12.1", "3.13.0"] {
-        let prefix = Command::new("pyenv").args(["prefix", wanted]).output();
-        let exe = match prefix {
-            Ok(out) if out.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/python3")
-            }
-            Ok(out) => {
-                let why = String::from_utf8_lossy(&out.stderr);
-                println!(
-                    "skipping CPython {wanted}: pyenv prefix failed: {}",
-                    why.trim()
-                );
-                continue;
-            }
-            Err(e) => {
-                println!("skipping CPython {wanted}: no pyenv ({e})");
-                continue;
-            }
-        };
-        match version_of(&exe) {
-            Some(v) => found.push(Python {
-                label: format!("CPython {v}"),
-                exe,
-            }),
-            None => println!("skipping CPython {wanted}: {} does not run", exe.display()),
-        }
-    }
-    found
+    ["3.11", "3.12", "3.13"]
+        .into_iter()
+        .filter_map(python)
+        .collect()
 }
 
 fn put_record(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -838,7 +802,7 @@ fn big_power(base: u32, exp: u32, negative: bool) -> String {
 #[test]
 fn pickle_interoperates_with_cpython() {
     for python in interpreters() {
-        println!("checking {}", python.label);
+        println!("checking {}", label(&python));
         let py_values = check_python_to_rust(&python);
         check_rust_to_python(&python, py_values);
     }
@@ -858,7 +822,7 @@ fn check_python_to_rust(python: &Python) -> Vec<(String, PyValue, Vec<u8>)> {
         put_record(&mut input, expr.as_bytes());
         put_record(&mut input, b"default,5");
     }
-    let output = records(&python.run(DUMP, input));
+    let output = records(&run(python, DUMP, input));
     let mut failures = Vec::new();
     let mut checked = 0;
     let mut py_values = Vec::new();
@@ -880,15 +844,16 @@ fn check_python_to_rust(python: &Python) -> Vec<(String, PyValue, Vec<u8>)> {
     }
     let expected: usize = cases.iter().map(|c| c.protocols.split(',').count()).sum();
     assert_eq!(
-        checked, expected,
+        checked,
+        expected,
         "{}: not every case came back",
-        python.label
+        label(python)
     );
     assert_eq!(py_values.len(), 2 * PY_VALUE_EXPRS.len(), "{failures:#?}");
     assert!(
         failures.is_empty(),
         "{}: Python -> Rust failures:\n{}",
-        python.label,
+        label(python),
         failures.join("\n")
     );
     println!("  Python -> Rust: {checked} typed decodes ok");
@@ -925,13 +890,13 @@ fn check_rust_to_python(python: &Python, py_values: Vec<(String, PyValue, Vec<u8
         put_record(&mut input, case.expected.as_bytes());
         put_record(&mut input, &case.pickle);
     }
-    let output = String::from_utf8(python.run(LOAD, input)).unwrap();
+    let output = String::from_utf8(run(python, LOAD, input)).unwrap();
     let lines: Vec<&str> = output.lines().collect();
     let failures: Vec<&&str> = lines.iter().filter(|l| !l.starts_with("ok ")).collect();
     assert!(
         failures.is_empty(),
         "{}: Rust -> Python failures:\n{}",
-        python.label,
+        label(python),
         failures
             .iter()
             .map(|l| l.to_string())
@@ -942,7 +907,7 @@ fn check_rust_to_python(python: &Python, py_values: Vec<(String, PyValue, Vec<u8
         lines.len(),
         cases.len(),
         "{}: not every case was checked",
-        python.label
+        label(python)
     );
     println!("  Rust -> Python: {} loads ok", lines.len());
 }

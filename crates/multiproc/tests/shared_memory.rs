@@ -2,9 +2,12 @@
 //! CPython's way, nothing left in /dev/shm after normal use or after SIGKILL, attaching never
 //! destroying, untracked segments surviving.
 
-use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::python::{Python, python};
+use common::{shm_exists, shm_gone_soon};
 use multiproc::{Connection, Context, Process, SharedMemory, ShmError, get_context, pipe};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -24,23 +27,6 @@ fn finish<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
         .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
 }
 
-fn exists(name: &str) -> bool {
-    Path::new("/dev/shm").join(name).exists()
-}
-
-/// Waits (bounded) until the tracker has removed `name`: it runs in another process, so the
-/// removal follows the last drop by a message.
-fn gone_soon(name: &str) -> bool {
-    let deadline = std::time::Instant::now() + LONG;
-    while std::time::Instant::now() < deadline {
-        if !exists(name) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
-}
-
 fn write_in_child((shm, offset, data): (SharedMemory, usize, Vec<u8>)) -> Vec<u8> {
     shm.write(offset, &data).unwrap();
     shm.to_vec()
@@ -56,7 +42,7 @@ fn a_child_writes_what_the_parent_reads_under_every_start_method() {
         assert_eq!(shm.to_vec(), seen);
         let name = shm.name().to_owned();
         drop(shm);
-        assert!(gone_soon(&name), "{name} left behind");
+        assert!(shm_gone_soon(&name), "{name} left behind");
     });
 }
 
@@ -76,7 +62,7 @@ fn attaching_by_name_in_a_child_does_not_destroy_it_at_the_childs_exit() {
             finish(ctx.process(attach_by_name, shm.name().to_owned())),
             42
         );
-        assert!(exists(shm.name()));
+        assert!(shm_exists(shm.name()));
         assert_eq!(SharedMemory::attach(shm.name()).unwrap().to_vec()[0], 42);
     });
 }
@@ -96,10 +82,10 @@ fn a_segment_of_a_killed_process_is_removed() {
         let mut p = ctx.process(hold_and_report, there);
         p.start().unwrap();
         let name = here.recv_timeout(LONG).unwrap();
-        assert!(exists(&name));
+        assert!(shm_exists(&name));
         p.kill().unwrap();
         p.join_timeout(LONG).unwrap();
-        assert!(gone_soon(&name), "{name} outlived its killed creator");
+        assert!(shm_gone_soon(&name), "{name} outlived its killed creator");
     });
 }
 
@@ -133,7 +119,7 @@ fn untracked_segments_outlive_their_handles_until_unlinked() {
     let again = SharedMemory::attach(&name).unwrap();
     assert_eq!(again.size(), 10);
     again.unlink().unwrap();
-    assert!(!exists(&name));
+    assert!(!shm_exists(&name));
     assert!(matches!(again.unlink(), Err(ShmError::NotFound(_))));
 }
 
@@ -159,19 +145,8 @@ fn bad_names_and_sizes_are_typed_errors() {
 // CPython interop: by name, both ways
 
 /// `python3` (required) and CPython 3.13 from pyenv (skipped with a message if missing).
-fn interpreters() -> Vec<std::path::PathBuf> {
-    let mut found = vec![std::path::PathBuf::from("python3")];
-    match std::process::Command::new("pyenv")
-        .args(["prefix", "3.13.0"])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let prefix = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            found.push(Path::new(&prefix).join("bin/python3"));
-        }
-        _ => eprintln!("skipping CPython 3.13: pyenv has no 3.13.0"),
-    }
-    found
+fn interpreters() -> Vec<Python> {
+    ["3.11", "3.13"].into_iter().filter_map(python).collect()
 }
 
 /// Attaches (or creates) without letting Python's resource tracker unlink the segment at
@@ -193,16 +168,16 @@ if not kw:
 shm.close()
 "#;
 
-fn run_python(py: &Path, op: &str, name: &str) -> String {
-    let out = std::process::Command::new(py)
+fn run_python(py: &Python, op: &str, name: &str) -> String {
+    let out = std::process::Command::new(&py.exe)
         .args(["-c", PY, op, name])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.exe.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.is_empty(),
         "{} {op}: {stderr}",
-        py.display()
+        py.exe.display()
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -223,7 +198,7 @@ fn cpython_attaches_to_ours_and_we_attach_to_cpythons() {
         drop(theirs);
         // Attaching and letting go never removes what someone else made.
         std::thread::sleep(Duration::from_millis(50));
-        assert!(exists(&name), "{name} removed by an attacher");
+        assert!(shm_exists(&name), "{name} removed by an attacher");
         SharedMemory::attach(&name).unwrap().unlink().unwrap();
     }
 }
@@ -283,15 +258,15 @@ fn a_killed_main_process_leaves_nothing_behind() {
         .nth(1)
         .expect("the lock's segment name")
         .to_owned();
-    assert!(exists(&shm_name) && exists(&lock_name));
+    assert!(shm_exists(&shm_name) && shm_exists(&lock_name));
     program.kill().unwrap(); // SIGKILL
     program.wait().unwrap();
     assert!(
-        gone_soon(&shm_name),
+        shm_gone_soon(&shm_name),
         "{shm_name} outlived the killed program"
     );
     assert!(
-        gone_soon(&lock_name),
+        shm_gone_soon(&lock_name),
         "{lock_name} outlived the killed program"
     );
 }

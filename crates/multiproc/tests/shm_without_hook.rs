@@ -1,21 +1,12 @@
 //! A program that never calls the start-up hook (fork only) still gets shared objects that
 //! clean up after themselves: its segment tracker is forked instead of spawned.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::shm_gone_soon;
 use multiproc::{Lock, SharedMemory, get_context};
-
-fn gone_soon(name: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if !Path::new("/dev/shm").join(name).exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
-}
 
 fn write_and_lock((shm, lock): (SharedMemory, Lock)) {
     let _held = lock.acquire().ok();
@@ -36,5 +27,5 @@ fn fork_only_programs_get_a_forked_tracker() {
     assert!(!lock.is_locked());
     let name = shm.name().to_owned();
     drop((shm, lock));
-    assert!(gone_soon(&name), "{name} left behind");
+    assert!(shm_gone_soon(&name), "{name} left behind");
 }

@@ -12,10 +12,12 @@
 //! happen within a time.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::shm_exists;
 use multiproc::{
     AcquireError, Barrier, BoundedSemaphore, Condition, Connection, Context, Event, Lock,
     LockGuard, Process, RLock, Semaphore, SharedMemory, SyncError, get_context, pipe,
@@ -599,6 +601,15 @@ fn cond_waiter(
     r
 }
 
+/// A fresh condition with the two signals of [`cond_waiter`]: "sleeping" and "woken".
+fn cond_and_signals() -> (Condition, Semaphore, Semaphore) {
+    (
+        Condition::new().unwrap(),
+        Semaphore::new(0).unwrap(),
+        Semaphore::new(0).unwrap(),
+    )
+}
+
 type Waiters = (Vec<Process<bool>>, Vec<std::thread::JoinHandle<bool>>);
 
 /// Starts `procs` processes and `threads` threads running [`cond_waiter`].
@@ -652,11 +663,7 @@ fn notify(cond: &Condition, n: u32) {
 #[multiproc::test]
 fn condition_notify_wakes_one_waiter_at_a_time() {
     each_method(|ctx| {
-        let (cond, sleeping, woken) = (
-            Condition::new().unwrap(),
-            Semaphore::new(0).unwrap(),
-            Semaphore::new(0).unwrap(),
-        );
+        let (cond, sleeping, woken) = cond_and_signals();
         let w = start_waiters(ctx, (&cond, &sleeping, &woken), None, 1, 1);
         all_sleeping(&sleeping, 2);
         exactly(&woken, 0, "before any notify");
@@ -671,11 +678,7 @@ fn condition_notify_wakes_one_waiter_at_a_time() {
 #[multiproc::test]
 fn condition_notify_all_wakes_every_waiter_and_timeouts_are_clean() {
     each_method(|ctx| {
-        let (cond, sleeping, woken) = (
-            Condition::new().unwrap(),
-            Semaphore::new(0).unwrap(),
-            Semaphore::new(0).unwrap(),
-        );
+        let (cond, sleeping, woken) = cond_and_signals();
         // Waiters that time out.
         let w = start_waiters(ctx, (&cond, &sleeping, &woken), Some(SHORT), 3, 3);
         all_sleeping(&sleeping, 6);
@@ -699,11 +702,7 @@ fn condition_notify_all_wakes_every_waiter_and_timeouts_are_clean() {
 #[multiproc::test]
 fn condition_notify_n_wakes_exactly_n() {
     each_method(|ctx| {
-        let (cond, sleeping, woken) = (
-            Condition::new().unwrap(),
-            Semaphore::new(0).unwrap(),
-            Semaphore::new(0).unwrap(),
-        );
+        let (cond, sleeping, woken) = cond_and_signals();
         let w = start_waiters(ctx, (&cond, &sleeping, &woken), None, 3, 3);
         all_sleeping(&sleeping, 6);
         exactly(&woken, 0, "before notify");
@@ -737,11 +736,7 @@ fn cond_waiter_rounds(
 #[multiproc::test]
 fn a_notification_goes_to_a_waiter_that_was_waiting_not_to_a_later_one() {
     each_method(|ctx| {
-        let (cond, sleeping, woken) = (
-            Condition::new().unwrap(),
-            Semaphore::new(0).unwrap(),
-            Semaphore::new(0).unwrap(),
-        );
+        let (cond, sleeping, woken) = cond_and_signals();
         const ROUNDS: u32 = 10;
         let p = start(
             ctx,
@@ -1061,11 +1056,7 @@ fn ping_pong_with_events_and_with_a_condition() {
 #[multiproc::test]
 fn a_waiter_killed_while_waiting_does_not_swallow_a_notify() {
     each_method(|ctx| {
-        let (cond, sleeping, woken) = (
-            Condition::new().unwrap(),
-            Semaphore::new(0).unwrap(),
-            Semaphore::new(0).unwrap(),
-        );
+        let (cond, sleeping, woken) = cond_and_signals();
         let doomed = start(
             ctx,
             cond_waiter,
@@ -1731,10 +1722,6 @@ fn dev_shm() -> HashSet<String> {
         .collect()
 }
 
-fn exists(name: &str) -> bool {
-    Path::new("/dev/shm").join(name).exists()
-}
-
 /// The segment names in an object's `Debug` form (every quoted string).
 fn names_in(debug: &str) -> Vec<String> {
     debug
@@ -1782,7 +1769,10 @@ fn processes_killed_with_sigkill_leave_nothing_in_dev_shm() {
                     .all(|n| n.starts_with("mp_") || n.starts_with("psm_"))
             );
             if die {
-                assert!(names.iter().all(|n| exists(n)), "made and held: {names:?}");
+                assert!(
+                    names.iter().all(|n| shm_exists(n)),
+                    "made and held: {names:?}"
+                );
                 killed.push(p);
             } else {
                 ended.push(p);
@@ -1798,11 +1788,11 @@ fn processes_killed_with_sigkill_leave_nothing_in_dev_shm() {
         }
     });
     // The parent's lock, held by killed children too, is still the parent's.
-    assert!(exists(&shared_name));
+    assert!(shm_exists(&shared_name));
     assert!(shared.try_acquire().is_ok());
     let end = Instant::now() + LONG;
     loop {
-        let left: Vec<_> = reported.iter().filter(|n| exists(n)).collect();
+        let left: Vec<_> = reported.iter().filter(|n| shm_exists(n)).collect();
         if left.is_empty() {
             break;
         }
@@ -1810,7 +1800,7 @@ fn processes_killed_with_sigkill_leave_nothing_in_dev_shm() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(shared);
-    eventually("the parent's lock is removed", || !exists(&shared_name));
+    eventually("the parent's lock is removed", || !shm_exists(&shared_name));
     // Of what this test made, nothing is new in /dev/shm.
     let new: Vec<_> = dev_shm()
         .difference(&before)

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::thread::LocalKey;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 
@@ -26,40 +27,44 @@ thread_local! {
 /// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
 /// descriptors the value holds, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
-    // Restores the outer scope even if `f` panics (a user's `Serialize` may), so no scope
-    // is left behind to swallow later descriptors.
-    struct Restore(Option<Option<Vec<OwnedFd>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                OUTGOING.with(|o| *o.borrow_mut() = outer);
-            }
-        }
-    }
-    let mut restore = Restore(Some(outer));
-    let r = f();
-    let outer = restore.0.take().unwrap_or_default();
-    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer));
+    let (r, fds) = scoped(&OUTGOING, Vec::new(), f);
     (r, fds.unwrap_or_default())
 }
 
 /// Runs `f` (which decodes a value) in an incoming scope holding `fds`. Descriptors the value
 /// did not claim are closed.
 pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let table = fds.into_iter().map(Some).collect();
-    let outer = INCOMING.with(|i| i.borrow_mut().replace(table));
-    // Restores the outer scope even if `f` panics.
-    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
-    impl Drop for Restore {
+    scoped(&INCOMING, fds.into_iter().map(Some).collect(), f).0
+}
+
+/// Runs `f` with `scope` as the current scope of `key`, then restores the outer one (even if
+/// `f` panics, as a user's `Serialize` may, so no scope is left behind to swallow later
+/// descriptors); returns `f`'s result and the scope as `f` left it.
+fn scoped<T: 'static, R>(
+    key: &'static LocalKey<RefCell<Option<T>>>,
+    scope: T,
+    f: impl FnOnce() -> R,
+) -> (R, Option<T>) {
+    struct Restore<T: 'static> {
+        key: &'static LocalKey<RefCell<Option<T>>>,
+        outer: Option<Option<T>>,
+    }
+    impl<T> Drop for Restore<T> {
         fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                INCOMING.with(|i| *i.borrow_mut() = outer);
+            if let Some(outer) = self.outer.take() {
+                self.key.with(|k| *k.borrow_mut() = outer);
             }
         }
     }
-    let _restore = Restore(Some(outer));
-    f()
+    let outer = key.with(|k| k.borrow_mut().replace(scope));
+    let mut restore = Restore {
+        key,
+        outer: Some(outer),
+    };
+    let r = f();
+    let outer = restore.outer.take().unwrap_or_default();
+    let inner = key.with(|k| std::mem::replace(&mut *k.borrow_mut(), outer));
+    (r, inner)
 }
 
 /// An owned descriptor that can be part of any value sent through multiproc: a Process

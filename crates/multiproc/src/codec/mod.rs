@@ -3,8 +3,8 @@
 //! - [`Postcard`], the default: every argument, result and control message crosses a
 //!   process boundary in this format. It is [`postcard`]: compact, stable (its wire format is
 //!   frozen at 1.0), well kept, and fast for the small messages that dominate here. It is the
-//!   one codec that carries descriptors, so a [`Connection`](crate::Connection) (and later a
-//!   Lock, a Queue, shared memory) can travel inside a value.
+//!   one codec that carries descriptors, so a [`Connection`](crate::Connection), a
+//!   [`Lock`](crate::Lock) or shared memory can travel inside a value.
 //! - [`Pickle`], for talking to CPython: `conn.send(obj)` in Python and `recv` in Rust (and
 //!   the other way round) for plain data.
 //!

@@ -1148,12 +1148,7 @@ fn decimal_to_twos_complement(text: &str) -> Result<Vec<u8>> {
     let mut bytes: Vec<u8> = limbs.iter().flat_map(|l| l.to_le_bytes()).collect();
     bytes.push(0); // room for the sign
     if negative {
-        let mut carry = true;
-        for b in &mut bytes {
-            let (v, c) = (!*b).overflowing_add(u8::from(carry));
-            *b = v;
-            carry = c;
-        }
+        negate(&mut bytes);
     }
     let len = minimal_twos_complement(&bytes).len();
     bytes.truncate(len);
@@ -1165,16 +1160,21 @@ fn decimal_to_twos_complement(text: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Negates a little-endian two's complement number in place.
+fn negate(bytes: &mut [u8]) {
+    let mut carry = true;
+    for b in bytes {
+        let (v, c) = (!*b).overflowing_add(u8::from(carry));
+        *b = v;
+        carry = c;
+    }
+}
+
 fn twos_complement_to_decimal(bytes: &[u8]) -> String {
     let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
     let mut magnitude = bytes.to_vec();
     if negative {
-        let mut carry = true;
-        for b in &mut magnitude {
-            let (v, c) = (!*b).overflowing_add(u8::from(carry));
-            *b = v;
-            carry = c;
-        }
+        negate(&mut magnitude);
     }
     // Base 2^32 limbs, most significant first, for long division by 10^9.
     let mut limbs: Vec<u32> = magnitude
@@ -1219,7 +1219,7 @@ fn twos_complement_to_decimal(bytes: &[u8]) -> String {
 /// Index of a node in the arena.
 type Id = u32;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Node {
     None,
     Bool(bool),
@@ -1290,13 +1290,7 @@ struct Parser<'a> {
 
 fn decode_from<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (mut arena, root) = Parser::new(bytes).run()?;
-    T::deserialize(NodeDe {
-        arena: &mut arena,
-        id: root,
-        owned: true,
-        depth: 0,
-        entered: false,
-    })
+    T::deserialize(NodeDe::new(&mut arena, root, true, 0))
 }
 
 impl<'a> Parser<'a> {
@@ -1362,7 +1356,7 @@ impl<'a> Parser<'a> {
             }
             op::MARK => self.marks.push(self.stack.len()),
             op::POP => {
-                if self.stack.len() > self.marks.last().copied().unwrap_or(0) {
+                if self.stack.len() > self.floor() {
                     self.stack.pop();
                 } else {
                     self.pop_mark()?;
@@ -1506,7 +1500,7 @@ impl<'a> Parser<'a> {
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = usize::from(code - op::TUPLE1 + 1);
-                if self.stack.len() < self.marks.last().copied().unwrap_or(0) + n {
+                if self.stack.len() < self.floor() + n {
                     return Err(Error::new("stack underflow"));
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
@@ -1691,9 +1685,7 @@ impl<'a> Parser<'a> {
 
     fn unicode(&mut self, n: usize) -> Result<()> {
         let bytes = self.take(n)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| {
-            Error::new("a str that is not valid UTF-8 (a lone surrogate?) cannot be decoded")
-        })?;
+        let s = std::str::from_utf8(bytes).map_err(|_| Error::new(NOT_UTF8))?;
         self.push(Node::Str(s.to_owned()));
         Ok(())
     }
@@ -1713,9 +1705,14 @@ impl<'a> Parser<'a> {
         self.stack.push(id);
     }
 
+    /// The height of the stack at the innermost mark, below which nothing may be popped.
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
     /// Pops the top of the stack (not past a mark).
     fn pop(&mut self) -> Result<Id> {
-        if self.stack.len() <= self.marks.last().copied().unwrap_or(0) {
+        if self.stack.len() <= self.floor() {
             return Err(Error::new("stack underflow"));
         }
         Ok(self.stack.pop().expect("checked above"))
@@ -1751,7 +1748,7 @@ impl<'a> Parser<'a> {
 
     fn top(&self) -> Result<Id> {
         match self.stack.last() {
-            Some(&id) if self.stack.len() > self.marks.last().copied().unwrap_or(0) => Ok(id),
+            Some(&id) if self.stack.len() > self.floor() => Ok(id),
             _ => Err(Error::new("stack underflow")),
         }
     }
@@ -1820,6 +1817,9 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// A `str` Rust cannot hold.
+const NOT_UTF8: &str = "a str that is not valid UTF-8 (a lone surrogate?) cannot be decoded";
+
 fn check_global(module: &[u8], name: &[u8]) -> Result<Global> {
     allowed_global(module, name).ok_or_else(|| {
         Error::new(format!(
@@ -1882,9 +1882,7 @@ fn raw_unicode_escape(line: &[u8]) -> Result<String> {
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u32::from_str_radix(h, 16).ok())
             .ok_or_else(|| Error::new("a bad \\u escape in a protocol 0 str"))?;
-        let hex = char::from_u32(hex).ok_or_else(|| {
-            Error::new("a str that is not valid UTF-8 (a lone surrogate?) cannot be decoded")
-        })?;
+        let hex = char::from_u32(hex).ok_or_else(|| Error::new(NOT_UTF8))?;
         out.push(hex);
         i += 2 + width;
     }
@@ -1906,23 +1904,17 @@ struct NodeDe<'a> {
     entered: bool,
 }
 
-/// What a node holds, taken or copied out of the arena.
-enum Content {
-    None,
-    Bool(bool),
-    Int(i128),
-    BigInt(String),
-    Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    List(Vec<Id>),
-    Tuple(Vec<Id>),
-    Dict(Vec<(Id, Id)>),
-    Set(Vec<Id>),
-    FrozenSet(Vec<Id>),
-}
-
 impl<'a> NodeDe<'a> {
+    fn new(arena: &'a mut Arena, id: Id, owned: bool, depth: u32) -> Self {
+        Self {
+            arena,
+            id,
+            owned,
+            depth,
+            entered: false,
+        }
+    }
+
     fn enter(&mut self) -> Result<()> {
         if self.entered {
             return Ok(());
@@ -1960,57 +1952,23 @@ impl<'a> NodeDe<'a> {
         self.owned && self.arena.refs[self.id as usize] <= 1
     }
 
-    fn content(&mut self) -> Result<Content> {
+    /// What the node holds, moved out of the arena where this is its only use, else
+    /// copied: never a [`Node::Global`] or [`Node::Taken`].
+    fn content(&mut self) -> Result<Node> {
         self.enter()?;
         let owned = self.owned_here();
         let node = &mut self.arena.nodes[self.id as usize];
-        let content = if owned {
-            match std::mem::replace(node, Node::Taken) {
-                Node::None => Content::None,
-                Node::Bool(b) => Content::Bool(b),
-                Node::Int(i) => Content::Int(i),
-                Node::BigInt(s) => Content::BigInt(s),
-                Node::Float(f) => Content::Float(f),
-                Node::Str(s) => Content::Str(s),
-                Node::Bytes(b) => Content::Bytes(b),
-                Node::List(v) => Content::List(v),
-                Node::Tuple(v) => Content::Tuple(v),
-                Node::Dict(v) => Content::Dict(v),
-                Node::Set(v) => Content::Set(v),
-                Node::FrozenSet(v) => Content::FrozenSet(v),
-                Node::Global(g) => return Err(unresolved(g)),
-                Node::Taken => return Err(Error::new("internal: a node was used twice")),
-            }
-        } else {
-            match node {
-                Node::None => Content::None,
-                Node::Bool(b) => Content::Bool(*b),
-                Node::Int(i) => Content::Int(*i),
-                Node::BigInt(s) => Content::BigInt(s.clone()),
-                Node::Float(f) => Content::Float(*f),
-                Node::Str(s) => Content::Str(s.clone()),
-                Node::Bytes(b) => Content::Bytes(b.clone()),
-                Node::List(v) => Content::List(v.clone()),
-                Node::Tuple(v) => Content::Tuple(v.clone()),
-                Node::Dict(v) => Content::Dict(v.clone()),
-                Node::Set(v) => Content::Set(v.clone()),
-                Node::FrozenSet(v) => Content::FrozenSet(v.clone()),
-                Node::Global(g) => return Err(unresolved(*g)),
-                Node::Taken => return Err(Error::new("internal: a node was used twice")),
-            }
-        };
-        Ok(content)
+        match node {
+            Node::Global(g) => Err(unresolved(*g)),
+            Node::Taken => Err(Error::new("internal: a node was used twice")),
+            _ if owned => Ok(std::mem::replace(node, Node::Taken)),
+            _ => Ok(node.clone()),
+        }
     }
 
     fn child(&mut self, id: Id) -> NodeDe<'_> {
         let owned = self.owned_here();
-        NodeDe {
-            arena: &mut *self.arena,
-            id,
-            owned,
-            depth: self.depth + 1,
-            entered: false,
-        }
+        NodeDe::new(self.arena, id, owned, self.depth + 1)
     }
 
     /// Visits the children of this node as a sequence, checking they are all used.
@@ -2076,7 +2034,7 @@ impl<'a> NodeDe<'a> {
             _ => return self.deserialize_any(visitor),
         };
         let inner = if tag == TAG_BIGINT {
-            let Content::BigInt(digits) = self.content()? else {
+            let Node::BigInt(digits) = self.content()? else {
                 unreachable!("checked above")
             };
             TaggedValue::Text(digits)
@@ -2124,17 +2082,19 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
 
     fn deserialize_any<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
         match self.content()? {
-            Content::None => visitor.visit_unit(),
-            Content::Bool(b) => visitor.visit_bool(b),
-            Content::Int(i) => visit_int(i, visitor),
-            Content::BigInt(s) => visit_big_int(&s, visitor),
-            Content::Float(f) => visitor.visit_f64(f),
-            Content::Str(s) => visitor.visit_string(s),
-            Content::Bytes(b) => visitor.visit_byte_buf(b),
-            Content::List(v) | Content::Tuple(v) | Content::Set(v) | Content::FrozenSet(v) => {
+            Node::None => visitor.visit_unit(),
+            Node::Bool(b) => visitor.visit_bool(b),
+            Node::Int(i) => visit_int(i, visitor),
+            Node::BigInt(s) => visit_big_int(&s, visitor),
+            Node::Float(f) => visitor.visit_f64(f),
+            Node::Str(s) => visitor.visit_string(s),
+            Node::Bytes(b) => visitor.visit_byte_buf(b),
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
                 self.visit_items(v, visitor)
             }
-            Content::Dict(v) => self.visit_entries(v, visitor),
+            Node::Dict(v) => self.visit_entries(v, visitor),
+            // `content` refuses these.
+            Node::Global(_) | Node::Taken => Err(Error::new("internal: a placeholder node")),
         }
     }
 
@@ -2181,7 +2141,7 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
             return self.deserialize_any(visitor);
         }
         // Python bytes into a Rust Vec<u8> or [u8; N].
-        let Content::Bytes(bytes) = self.content()? else {
+        let Node::Bytes(bytes) = self.content()? else {
             unreachable!("checked above")
         };
         let mut seq = de::value::SeqDeserializer::<_, Error>::new(bytes.into_iter());
@@ -2210,9 +2170,9 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
         visitor: V,
     ) -> Result<V::Value> {
         let (variant, data) = match self.content()? {
-            Content::Str(name) => return visitor.visit_enum(name.into_deserializer()),
-            Content::Dict(entries) if entries.len() == 1 => (entries[0].0, Some(entries[0].1)),
-            Content::Tuple(items) | Content::List(items) if matches!(items.len(), 1 | 2) => {
+            Node::Str(name) => return visitor.visit_enum(name.into_deserializer()),
+            Node::Dict(entries) if entries.len() == 1 => (entries[0].0, Some(entries[0].1)),
+            Node::Tuple(items) | Node::List(items) if matches!(items.len(), 1 | 2) => {
                 (items[0], items.get(1).copied())
             }
             _ => {
@@ -2259,14 +2219,8 @@ impl<'de> de::SeqAccess<'de> for &mut Items<'_> {
         let Some(id) = self.ids.next() else {
             return Ok(None);
         };
-        seed.deserialize(NodeDe {
-            arena: &mut *self.arena,
-            id,
-            owned: self.owned,
-            depth: self.depth,
-            entered: false,
-        })
-        .map(Some)
+        seed.deserialize(NodeDe::new(self.arena, id, self.owned, self.depth))
+            .map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -2284,13 +2238,7 @@ struct Entries<'a> {
 
 impl Entries<'_> {
     fn node(&mut self, id: Id) -> NodeDe<'_> {
-        NodeDe {
-            arena: &mut *self.arena,
-            id,
-            owned: self.owned,
-            depth: self.depth,
-            entered: false,
-        }
+        NodeDe::new(self.arena, id, self.owned, self.depth)
     }
 }
 

@@ -134,7 +134,7 @@ impl Digest {
         Digest::Sha3_384,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Digest::Md5 => "md5",
             Digest::Sha256 => "sha256",
@@ -149,12 +149,7 @@ impl Digest {
     }
 
     fn mac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
-        with_hmac!(self, M => {
-            // HMAC takes keys of any length; this cannot fail.
-            let mut m = <M as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-            m.update(message);
-            m.finalize().into_bytes().to_vec()
-        })
+        with_hmac!(self, M => keyed::<M>(key, message).finalize().into_bytes().to_vec())
     }
 
     fn output_len(self) -> usize {
@@ -163,12 +158,16 @@ impl Digest {
 
     /// Constant-time check of `tag` against the MAC of `message`.
     fn verify(self, key: &[u8], message: &[u8], tag: &[u8]) -> bool {
-        with_hmac!(self, M => {
-            let mut m = <M as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-            m.update(message);
-            m.verify_slice(tag).is_ok()
-        })
+        with_hmac!(self, M => keyed::<M>(key, message).verify_slice(tag).is_ok())
     }
+}
+
+/// An HMAC under `key` that has taken in `message`.
+fn keyed<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> M {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut m = <M as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    m.update(message);
+    m
 }
 
 /// Splits a handshake message into its digest (`None`: legacy, bare MD5) and payload, as

@@ -157,13 +157,10 @@ pub(crate) struct Endpoint {
 /// arguments, in descriptors of their own.
 static OPEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
-fn open_fds() -> MutexGuard<'static, BTreeSet<RawFd>> {
-    OPEN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Held across `fork` (see `start/fork.rs`), so the set is consistent in the child.
+/// The set, locked. Also held across `fork` (see `start/fork.rs`), so the set is consistent
+/// in the child.
 pub(crate) fn lock_open() -> MutexGuard<'static, BTreeSet<RawFd>> {
-    open_fds()
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// In a fork child: the parent's connections are not the child's.
@@ -180,7 +177,7 @@ pub(crate) struct HeldFds(Vec<OwnedFd>);
 
 impl HeldFds {
     pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
-        let mut open = open_fds();
+        let mut open = lock_open();
         open.extend(fds.iter().map(|fd| fd.as_raw_fd()));
         Self(fds)
     }
@@ -191,7 +188,7 @@ impl HeldFds {
 
     /// Closes them.
     pub(crate) fn clear(&mut self) {
-        let mut open = open_fds();
+        let mut open = lock_open();
         for fd in self.0.drain(..) {
             open.remove(&fd.as_raw_fd());
         }
@@ -206,13 +203,13 @@ impl Drop for HeldFds {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        open_fds().remove(&self.sock.as_raw_fd());
+        lock_open().remove(&self.sock.as_raw_fd());
     }
 }
 
 impl Endpoint {
     pub(crate) fn new(sock: OwnedFd) -> Self {
-        open_fds().insert(sock.as_raw_fd());
+        lock_open().insert(sock.as_raw_fd());
         let carries_fds = sys::is_unix_socket(sock.as_fd());
         Self {
             carries_fds,
@@ -371,8 +368,9 @@ impl Endpoint {
         len: usize,
         out: &mut [u8],
     ) -> Result<usize, ConnectionError> {
-        let buffered = (self.end - self.start - size).min(len);
-        out[..buffered].copy_from_slice(&self.buf[self.start + size..self.start + size + buffered]);
+        let head = self.buffered_payload(size, len);
+        let buffered = head.len();
+        out[..buffered].copy_from_slice(head);
         // Its descriptors, if any, are dropped: raw bytes carry none.
         drop(self.consume(size + buffered));
         let mut filled = buffered;
@@ -388,14 +386,20 @@ impl Endpoint {
         Ok(len)
     }
 
+    /// What is buffered of the payload of the message whose `size`-byte header starts the
+    /// buffer and which has `len` payload bytes.
+    fn buffered_payload(&self, size: usize, len: usize) -> &[u8] {
+        let from = self.start + size;
+        &self.buf[from..self.end.min(from.saturating_add(len))]
+    }
+
     /// Moves the start of a large message out of the read buffer into its own storage.
     fn start_partial(&mut self, size: usize, len: u64) {
         let len = len as usize;
-        let buffered = (self.end - self.start - size).min(len);
-        let first = len.min(TRUSTED_LEN as usize).max(buffered);
-        let mut bytes = vec![0u8; first];
-        bytes[..buffered]
-            .copy_from_slice(&self.buf[self.start + size..self.start + size + buffered]);
+        let head = self.buffered_payload(size, len);
+        let buffered = head.len();
+        let mut bytes = vec![0u8; len.min(TRUSTED_LEN as usize).max(buffered)];
+        bytes[..buffered].copy_from_slice(head);
         let fds = self.consume(size + buffered);
         self.partial = Some(Partial {
             bytes,
@@ -429,20 +433,11 @@ impl Endpoint {
                 let grown = (p.bytes.len() * 2).min(p.len);
                 p.bytes.resize(grown, 0);
             }
+            let sock = self.sock.as_fd();
             let room = &mut p.bytes[p.filled..];
-            let n = match deadline {
-                None => sys::read_some(self.sock.as_fd(), room, true)?,
-                Some(_) => match sys::read_some(self.sock.as_fd(), room, false) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if !sys::wait_ready(self.sock.as_fd(), PollFlags::IN, deadline)? {
-                            return Err(ConnectionError::Timeout);
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-            };
+            let n = read_by(sock, deadline, |wait| {
+                sys::read_some(sock, &mut *room, wait)
+            })?;
             if n == 0 {
                 self.eof = true;
                 self.partial = None;
@@ -555,18 +550,31 @@ impl Endpoint {
             }
             self.spin.miss();
         }
-        if deadline.is_none() {
-            return Ok(sys::recv_some(sock, room, fds, true)?);
+        read_by(sock, deadline, |wait| {
+            sys::recv_some(sock, &mut *room, &mut *fds, wait)
+        })
+    }
+}
+
+/// Runs `read` (one read from `sock`, blocking when told so) until it gets something: one
+/// blocking read without a deadline; with one, non-blocking reads, waiting between them
+/// for `sock` to be readable, until the deadline passes ([`ConnectionError::Timeout`]).
+fn read_by(
+    sock: BorrowedFd<'_>,
+    deadline: Option<Instant>,
+    mut read: impl FnMut(bool) -> io::Result<usize>,
+) -> Result<usize, ConnectionError> {
+    if deadline.is_none() {
+        return Ok(read(true)?);
+    }
+    loop {
+        match read(false) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
         }
-        loop {
-            if !sys::wait_ready(sock, PollFlags::IN, deadline)? {
-                return Err(ConnectionError::Timeout);
-            }
-            match sys::recv_some(sock, room, fds, false) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
-            }
+        if !sys::wait_ready(sock, PollFlags::IN, deadline)? {
+            return Err(ConnectionError::Timeout);
         }
     }
 }

@@ -319,7 +319,7 @@ impl Listener {
     ) -> Result<Connection<T, C>, ConnectionError> {
         let sock = self.sock.as_ref().ok_or(ConnectionError::Closed)?;
         let (fd, peer) = sys::accept(sock.as_fd(), deadline).map_err(ConnectionError::from_io)?;
-        sys::tune_accepted(fd.as_fd(), &peer);
+        sys::tune_connected(fd.as_fd(), &peer);
         self.last_accepted = Some(peer);
         self.terms.establish(fd, true)
     }

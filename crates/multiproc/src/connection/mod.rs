@@ -284,10 +284,16 @@ impl<T, C: Codec> Connection<T, C> {
     }
 
     fn reading(&mut self) -> Result<&mut Endpoint, ConnectionError> {
+        self.check_readable()?;
+        self.end.as_mut().ok_or(ConnectionError::Closed)
+    }
+
+    /// [`ConnectionError::WriteOnly`] for an open end that cannot receive.
+    fn check_readable(&self) -> Result<(), ConnectionError> {
         if !self.readable && self.end.is_some() {
             return Err(ConnectionError::WriteOnly);
         }
-        self.end.as_mut().ok_or(ConnectionError::Closed)
+        Ok(())
     }
 
     fn writing(&self) -> Result<&Endpoint, ConnectionError> {
@@ -544,9 +550,7 @@ impl<T, C: Codec> Connection<T, C> {
     /// # Ok::<(), multiproc::connection::ConnectionError>(())
     /// ```
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, ConnectionError> {
-        if !self.readable && self.end.is_some() {
-            return Err(ConnectionError::WriteOnly);
-        }
+        self.check_readable()?;
         let end = self.end.as_ref().ok_or(ConnectionError::Closed)?;
         Ok(end.poll(timeout.map(|t| Instant::now() + t))?)
     }
@@ -711,12 +715,12 @@ impl<T, C: Codec> Connection<T, C> {
         value: &U,
         deadline: Option<Instant>,
     ) -> Result<(), ConnectionError> {
-        self.writing()?;
-        let mut buf = std::mem::take(&mut self.wbuf);
-        buf.clear();
         // Only a Unix socket carries descriptors: over TCP a value with a Descriptor fails to
         // encode, and shared objects travel by name.
-        let (encoded, fds) = if C::CARRIES_DESCRIPTORS && self.writing()?.carries_fds {
+        let carries_fds = self.writing()?.carries_fds && C::CARRIES_DESCRIPTORS;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        let (encoded, fds) = if carries_fds {
             fds::encoding(|| C::encode(value, &mut buf))
         } else {
             (C::encode(value, &mut buf), Vec::new())

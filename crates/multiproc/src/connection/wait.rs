@@ -65,35 +65,21 @@ waitable_fd!(
     io::Stdin
 );
 
-impl<W: Waitable + ?Sized> Waitable for &W {
-    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).wait_fd()
-    }
+macro_rules! waitable_through {
+    ($($t:ty),*) => {$(
+        impl<W: Waitable + ?Sized> Waitable for $t {
+            fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+                (**self).wait_fd()
+            }
 
-    fn ready_now(&self) -> bool {
-        (**self).ready_now()
-    }
+            fn ready_now(&self) -> bool {
+                (**self).ready_now()
+            }
+        }
+    )*};
 }
 
-impl<W: Waitable + ?Sized> Waitable for &mut W {
-    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).wait_fd()
-    }
-
-    fn ready_now(&self) -> bool {
-        (**self).ready_now()
-    }
-}
-
-impl<W: Waitable + ?Sized> Waitable for Box<W> {
-    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).wait_fd()
-    }
-
-    fn ready_now(&self) -> bool {
-        (**self).ready_now()
-    }
-}
+waitable_through!(&W, &mut W, Box<W>);
 
 /// Waits until at least one of `objects` is ready, or `timeout` passes (`None`: for ever),
 /// and returns the indices of the ready ones, in order (none on timeout). A connection is

@@ -12,7 +12,7 @@
 //! with a 64-byte [`Header`] that says what they hold, so a segment decoded as the wrong type
 //! is an error, never a misread.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
@@ -289,22 +289,27 @@ pub(crate) fn create_typed(header: Header, body: usize) -> Result<Arc<Segment>, 
 // ---------------------------------------------------------------------------------------------
 // Travelling
 
-/// A segment as it travels.
+/// A segment as it travels: sent borrowing (`Wire<&str, SendFd>`), received owning
+/// (`Wire<String, FdIndex>`).
 #[derive(Serialize, Deserialize)]
-struct Wire {
-    name: String,
+struct Wire<N, F> {
+    name: N,
     tracking: Tracking,
     /// The descriptor's index in the message, when it rides along.
-    fd: Option<FdIndex>,
+    fd: Option<F>,
 }
 
-struct FdIndex(OwnedFd);
+/// The segment's descriptor, encoded into the outgoing scope (which duplicates it).
+struct SendFd<'a>(BorrowedFd<'a>);
 
-impl Serialize for FdIndex {
+impl Serialize for SendFd<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fds::serialize_fd(self.0.as_fd(), s)
+        fds::serialize_fd(self.0, s)
     }
 }
+
+/// A received descriptor.
+struct FdIndex(OwnedFd);
 
 impl<'de> Deserialize<'de> for FdIndex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -314,11 +319,7 @@ impl<'de> Deserialize<'de> for FdIndex {
 
 impl Serialize for Segment {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let fd = if fds::can_carry_fd() {
-            Some(FdIndex(self.fd.try_clone().map_err(ser::Error::custom)?))
-        } else {
-            None
-        };
+        let fd = fds::can_carry_fd().then(|| SendFd(self.fd.as_fd()));
         // Counted in transit either way: with its descriptor the memory arrives whatever
         // happens, but its *name* must also outlive this handle until the receiver holds it
         // (it may attach by name, or pass the name on to CPython).
@@ -326,7 +327,7 @@ impl Serialize for Segment {
             tracker::send(&Msg::InTransit(self.name.clone())).map_err(ser::Error::custom)?;
         }
         Wire {
-            name: self.name.clone(),
+            name: self.name.as_str(),
             tracking: if self.tracked {
                 Tracking::Tracked
             } else {
@@ -342,7 +343,7 @@ impl Serialize for Segment {
 pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Arc<Segment>, D::Error> {
-    let w = Wire::deserialize(d)?;
+    let w = Wire::<String, FdIndex>::deserialize(d)?;
     check_name(&w.name).map_err(de::Error::custom)?;
     let tracked = w.tracking == Tracking::Tracked;
     let seg = match w.fd.map(|f| f.0) {

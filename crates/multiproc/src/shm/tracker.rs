@@ -81,6 +81,18 @@ pub(crate) struct Client {
     sock: HeldFds,
 }
 
+impl Client {
+    /// Sends one encoded message; a tracker that reads nothing for this long is reported.
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        let sock = self
+            .sock
+            .as_slice()
+            .first()
+            .ok_or(io::ErrorKind::NotConnected)?;
+        sys::send_frame(sock.as_fd(), bytes, &[], Some(START_TIMEOUT))
+    }
+}
+
 static CLIENT: Mutex<Option<Client>> = Mutex::new(None);
 
 /// Locks the client (held across `fork`, see `start/fork.rs`).
@@ -96,7 +108,6 @@ pub(crate) fn lock_client() -> MutexGuard<'static, Option<Client>> {
 /// the start-up hook creates tracked memory).
 pub(crate) fn send(msg: &Msg) -> io::Result<()> {
     let bytes = codec::encode(msg).map_err(io::Error::other)?;
-    let seed = Seed::now();
     let mut client = lock_client();
     // One retry: a tracker may have exited between two messages (its last other user gone
     // and this process's connection found closed).
@@ -106,7 +117,7 @@ pub(crate) fn send(msg: &Msg) -> io::Result<()> {
             // Connecting (or starting a tracker, which may fork) happens without the lock:
             // a fork takes every multiproc lock, this one after the launch window.
             drop(client);
-            let fresh = connect_or_start(&seed)?;
+            let fresh = connect_or_start(&Seed::now())?;
             client = lock_client();
             if client.as_ref().is_none_or(|c| c.pid != me) {
                 *client = Some(fresh);
@@ -115,12 +126,7 @@ pub(crate) fn send(msg: &Msg) -> io::Result<()> {
         let Some(c) = client.as_ref() else {
             continue;
         };
-        match sys::send_frame(
-            c.sock.as_slice()[0].as_fd(),
-            &bytes,
-            &[],
-            Some(START_TIMEOUT),
-        ) {
+        match c.write(&bytes) {
             Ok(()) => return Ok(()),
             // Gone (the tracker exited): connect again. Slow (a timeout): keep the
             // connection, which holds this process's counts, and report the error.
@@ -152,12 +158,7 @@ pub(crate) fn send_if_connected(msg: &Msg) {
     };
     let client = lock_client();
     if let Some(c) = client.as_ref().filter(|c| c.pid == sys::caller().0) {
-        let _ = sys::send_frame(
-            c.sock.as_slice()[0].as_fd(),
-            &bytes,
-            &[],
-            Some(START_TIMEOUT),
-        );
+        let _ = c.write(&bytes);
     }
 }
 
@@ -170,8 +171,8 @@ pub(crate) fn after_fork_in_child(client: &mut Option<Client>) {
     }
 }
 
-/// What starting a tracker needs, read before the client lock is taken (the fork path takes
-/// the identity lock first).
+/// What starting a tracker needs, read from the identity only when connecting, never with the
+/// client lock held (the fork path takes the identity lock first).
 struct Seed {
     address: Vec<u8>,
     me: Me,

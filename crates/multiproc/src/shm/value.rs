@@ -708,19 +708,10 @@ impl<T: Element> Slots<T> {
             }
             return Some(v);
         }
-        let mut raw: Vec<MaybeUninit<T>> = Vec::with_capacity(n);
-        // SAFETY: as above; `MaybeUninit` needs no validity for `set_len`.
-        unsafe {
-            copy_out(
-                self.ptr.as_ptr().add(start).cast::<u8>(),
-                raw.as_mut_ptr().cast::<u8>(),
-                n * size_of::<T>(),
-                width::<T>(),
-            );
-            raw.set_len(n);
-        }
-        // SAFETY: `copy_out` wrote every byte of every element.
-        Some(raw.iter().map(|m| unsafe { checked(m) }).collect())
+        // Each element checked on its way in (`read_into`).
+        let mut v: Vec<T> = std::iter::repeat_with(T::zeroed).take(n).collect();
+        self.read_into(start, &mut v);
+        Some(v)
     }
 
     /// Copies `src` into the elements from `start`; `false` if out of range.
@@ -858,17 +849,6 @@ pub enum ValueLockGuard<'a> {
 
 type LockResult<'a> = Result<ValueLockGuard<'a>, AcquireError<ValueLockGuard<'a>>>;
 
-fn wrap<'a, G>(
-    r: Result<G, AcquireError<G>>,
-    f: impl Fn(G) -> ValueLockGuard<'a>,
-) -> LockResult<'a> {
-    match r {
-        Ok(g) => Ok(f(g)),
-        Err(AcquireError::Timeout) => Err(AcquireError::Timeout),
-        Err(AcquireError::OwnerDied(g)) => Err(AcquireError::OwnerDied(f(g))),
-    }
-}
-
 /// How an operation holds an object's lock.
 pub(super) enum Hold<'a> {
     /// It took the lock; dropping this releases it.
@@ -881,22 +861,14 @@ impl ValueLock {
     /// Acquires: `block` false is a try; `timeout` bounds a blocking wait.
     pub(super) fn acquire_inner(&self, block: bool, timeout: Option<Duration>) -> LockResult<'_> {
         match self {
-            Self::Lock(l) => wrap(
-                match (block, timeout) {
-                    (false, _) => l.try_acquire(),
-                    (true, Some(t)) => l.acquire_timeout(t),
-                    (true, None) => l.acquire(),
-                },
-                ValueLockGuard::Lock,
-            ),
-            Self::RLock(l) => wrap(
-                match (block, timeout) {
-                    (false, _) => l.try_acquire(),
-                    (true, Some(t)) => l.acquire_timeout(t),
-                    (true, None) => l.acquire(),
-                },
-                ValueLockGuard::RLock,
-            ),
+            Self::Lock(l) => l
+                .acquire_inner(block, timeout)
+                .map(ValueLockGuard::Lock)
+                .map_err(|e| e.map(ValueLockGuard::Lock)),
+            Self::RLock(l) => l
+                .acquire_inner(block, timeout)
+                .map(ValueLockGuard::RLock)
+                .map_err(|e| e.map(ValueLockGuard::RLock)),
         }
     }
 

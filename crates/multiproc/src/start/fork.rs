@@ -8,9 +8,10 @@
 //! both processes, and every one-time initialisation it may need is done before the fork,
 //! so the child finds all of them consistent; the child then forgets the parent's children
 //! and connections (pointing their descriptors at `/dev/null`, so that a peer waiting for end
-//! of file does not wait for the child too) and becomes the new process. Locks held by *other* threads of the parent
-//! (the user's, or the allocator's in a libc without fork handlers) are the classic hazard of
-//! forking a multi-threaded process; that is why `fork` is never the default start method.
+//! of file does not wait for the child too) and becomes the new process. Locks held by
+//! *other* threads of the parent (the user's, or the allocator's in a libc without fork
+//! handlers) are the classic hazard of forking a multi-threaded process; that is why `fork`
+//! is never the default start method.
 #![allow(unsafe_code)]
 
 use crate::error::ProcessError;
@@ -101,9 +102,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
 /// gets its end of the channel. The child is not registered (nothing joins it): it outlives
 /// the program's processes on purpose and is adopted when its parent ends. Never called with
 /// a multiproc lock held.
-pub(crate) fn fork_helper(
-    serve: fn(std::os::unix::net::UnixStream) -> !,
-) -> std::io::Result<std::os::unix::net::UnixStream> {
+pub(crate) fn fork_helper(serve: fn(UnixStream) -> !) -> std::io::Result<UnixStream> {
     use std::os::fd::AsRawFd;
     let _ = sys::dev_null();
     // The same locks, in the same order, as `launch` (the child finds them consistent), and

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::lock::{Got, RawMutex, new_segment, travels_as_segment};
-use super::{DEATH_CHECK, SyncError, WAKE_ALL, next_sleep};
+use super::{DEATH_CHECK, SyncError, next_sleep};
 use crate::ShmError;
 use crate::callable::{self, Callable, CallableSpec};
 use crate::shm::segment::{self, Kind, Segment};
@@ -316,7 +316,7 @@ impl Barrier {
 
     fn notify_all(&self) {
         self.w(3).fetch_add(1, Ordering::Release);
-        sys::futex_wake(self.w(3), WAKE_ALL);
+        sys::futex_wake(self.w(3), u32::MAX);
     }
 
     fn rounds(&self) -> u32 {

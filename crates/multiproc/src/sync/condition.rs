@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{
-    AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, WAKE_ALL, deadline, next_sleep,
-};
+use super::{AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, deadline, next_sleep};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -166,8 +164,8 @@ impl Condition {
 
     fn lock_raw(&self) -> super::lock::RawMutex<'_> {
         match &self.lock {
-            ConditionLock::Lock(l) => l.raw_mutex(),
-            ConditionLock::RLock(l) => l.raw_mutex(),
+            ConditionLock::Lock(l) => l.raw(),
+            ConditionLock::RLock(l) => l.raw(),
         }
     }
 
@@ -190,11 +188,11 @@ impl Condition {
             ConditionLock::Lock(l) => l
                 .acquire()
                 .map(ConditionGuard::Lock)
-                .map_err(|e| map_err(e, ConditionGuard::Lock)),
+                .map_err(|e| e.map(ConditionGuard::Lock)),
             ConditionLock::RLock(l) => l
                 .acquire()
                 .map(ConditionGuard::RLock)
-                .map_err(|e| map_err(e, ConditionGuard::RLock)),
+                .map_err(|e| e.map(ConditionGuard::RLock)),
         }
     }
 
@@ -376,13 +374,13 @@ impl Condition {
         // more context switches per wake-up on one CPU).
         let lock = self.lock_raw();
         lock.mark_waiters();
-        match sys::futex_requeue(self.epoch(), k.min(WAKE_ALL), lock.state, epoch) {
+        match sys::futex_requeue(self.epoch(), k, lock.state, epoch) {
             Ok(moved) => {
                 let moved = u32::try_from(moved).unwrap_or(u32::MAX);
                 self.requeued().fetch_add(moved, Ordering::Relaxed);
             }
             Err(_) => {
-                sys::futex_wake(self.epoch(), k.min(WAKE_ALL));
+                sys::futex_wake(self.epoch(), k);
             }
         }
         Ok(())
@@ -405,15 +403,5 @@ impl Condition {
     /// ```
     pub fn notify_all(&self) -> Result<(), SyncError> {
         self.notify(u32::MAX)
-    }
-}
-
-fn map_err<'a, G>(
-    e: AcquireError<G>,
-    wrap: impl FnOnce(G) -> ConditionGuard<'a>,
-) -> AcquireError<ConditionGuard<'a>> {
-    match e {
-        AcquireError::Timeout => AcquireError::Timeout,
-        AcquireError::OwnerDied(g) => AcquireError::OwnerDied(wrap(g)),
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{WAKE_ALL, deadline, next_sleep};
+use super::{deadline, next_sleep};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -89,7 +89,7 @@ impl Event {
             })
             .is_ok();
         if changed && self.sleepers().load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(self.state(), WAKE_ALL);
+            sys::futex_wake(self.state(), u32::MAX);
         }
     }
 

@@ -316,7 +316,8 @@ impl Lock {
         })
     }
 
-    fn raw(&self) -> RawMutex<'_> {
+    /// Its state word, as the mutex protocol (also for `Condition`).
+    pub(crate) fn raw(&self) -> RawMutex<'_> {
         RawMutex {
             state: self.seg.word(0),
         }
@@ -326,19 +327,17 @@ impl Lock {
         self.seg.word(1)
     }
 
-    fn acquire_inner(
+    /// Acquires, waiting until `timeout` (`None`: forever) or not at all (`block` false).
+    pub(crate) fn acquire_inner(
         &self,
         block: bool,
         timeout: Option<Duration>,
     ) -> Result<LockGuard<'_>, AcquireError<LockGuard<'_>>> {
         let (pid, tid) = sys::caller();
-        let r = acquire_with(&self.raw(), pid, block, timeout, || LockGuard {
-            lock: self,
-        });
-        if r.is_ok() || matches!(r, Err(AcquireError::OwnerDied(_))) {
+        acquire_with(&self.raw(), pid, block, timeout, || {
             self.tid().store(tid, Ordering::Relaxed);
-        }
-        r
+            LockGuard { lock: self }
+        })
     }
 
     /// Waits as long as it takes to acquire the lock.
@@ -463,11 +462,6 @@ impl Lock {
     pub(crate) fn is_mine(&self) -> bool {
         self.owner() == Some(sys::caller())
     }
-
-    /// Its state word, as the mutex protocol (for `Condition`).
-    pub(crate) fn raw_mutex(&self) -> RawMutex<'_> {
-        self.raw()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,7 +561,8 @@ impl RLock {
         })
     }
 
-    fn raw(&self) -> RawMutex<'_> {
+    /// Its state word, as the mutex protocol (also for `Condition`).
+    pub(crate) fn raw(&self) -> RawMutex<'_> {
         RawMutex {
             state: self.seg.word(0),
         }
@@ -581,28 +576,26 @@ impl RLock {
         self.seg.word(2)
     }
 
-    fn acquire_inner(
+    /// Acquires, waiting until `timeout` (`None`: forever) or not at all (`block` false).
+    pub(crate) fn acquire_inner(
         &self,
         block: bool,
         timeout: Option<Duration>,
     ) -> Result<RLockGuard<'_>, AcquireError<RLockGuard<'_>>> {
+        let guard = || RLockGuard {
+            lock: self,
+            _owner_thread: std::marker::PhantomData,
+        };
         let (pid, tid) = sys::caller();
         if self.raw().owner() == pid && self.tid().load(Ordering::Relaxed) == tid {
             self.count_word().fetch_add(1, Ordering::Relaxed);
-            return Ok(RLockGuard {
-                lock: self,
-                _owner_thread: std::marker::PhantomData,
-            });
+            return Ok(guard());
         }
-        let r = acquire_with(&self.raw(), pid, block, timeout, || RLockGuard {
-            lock: self,
-            _owner_thread: std::marker::PhantomData,
-        });
-        if r.is_ok() || matches!(r, Err(AcquireError::OwnerDied(_))) {
+        acquire_with(&self.raw(), pid, block, timeout, || {
             self.tid().store(tid, Ordering::Relaxed);
             self.count_word().store(1, Ordering::Relaxed);
-        }
-        r
+            guard()
+        })
     }
 
     /// Waits as long as it takes; an owner acquires again at once.
@@ -725,11 +718,6 @@ impl RLock {
         }
     }
 
-    /// Its state word, as the mutex protocol (for `Condition`).
-    pub(crate) fn raw_mutex(&self) -> RawMutex<'_> {
-        self.raw()
-    }
-
     /// Whether the calling thread owns it.
     pub(crate) fn is_mine(&self) -> bool {
         self.owner() == Some(sys::caller())
@@ -743,20 +731,10 @@ impl RLock {
         n
     }
 
-    /// Takes the lock back with `count` levels (after `Condition::wait`).
+    /// Takes the lock back with `count` levels (after `Condition::wait`); true if its
+    /// holder had died.
     pub(crate) fn reacquire(&self, count: u32) -> bool {
-        let died = match self.acquire() {
-            Ok(g) => {
-                std::mem::forget(g);
-                false
-            }
-            Err(e) => {
-                if let Some(g) = e.into_guard() {
-                    std::mem::forget(g);
-                }
-                true
-            }
-        };
+        let died = keep_held(self.acquire());
         self.count_word().store(count.max(1), Ordering::Relaxed);
         died
     }
@@ -771,17 +749,23 @@ impl Lock {
 
     /// Takes the lock back after `Condition::wait`; true if its holder had died.
     pub(crate) fn reacquire(&self) -> bool {
-        match self.acquire() {
-            Ok(g) => {
+        keep_held(self.acquire())
+    }
+}
+
+/// Keeps a lock held without its guard (`Condition` releases it by hand); true if it was
+/// taken from a dead holder.
+fn keep_held<G>(r: Result<G, AcquireError<G>>) -> bool {
+    match r {
+        Ok(g) => {
+            std::mem::forget(g);
+            false
+        }
+        Err(e) => {
+            if let Some(g) = e.into_guard() {
                 std::mem::forget(g);
-                false
             }
-            Err(e) => {
-                if let Some(g) = e.into_guard() {
-                    std::mem::forget(g);
-                }
-                true
-            }
+            true
         }
     }
 }

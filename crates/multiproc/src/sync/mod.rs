@@ -31,10 +31,6 @@ pub use semaphore::{BoundedSemaphore, Semaphore};
 /// How often a waiter checks that a lock's owner is still alive.
 pub const DEATH_CHECK: Duration = Duration::from_millis(50);
 
-/// "Wake every sleeper", as `futex(2)` counts: it reads the count as a signed `int`, so
-/// `u32::MAX` would be -1 and wake only one.
-const WAKE_ALL: u32 = i32::MAX.unsigned_abs();
-
 /// Why an acquire did not simply succeed.
 ///
 /// # Examples
@@ -69,6 +65,14 @@ impl<G> AcquireError<G> {
         match self {
             Self::Timeout => None,
             Self::OwnerDied(g) => Some(g),
+        }
+    }
+
+    /// The same outcome with the guard (if any) turned into another.
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> AcquireError<H> {
+        match self {
+            Self::Timeout => AcquireError::Timeout,
+            Self::OwnerDied(g) => AcquireError::OwnerDied(f(g)),
         }
     }
 }

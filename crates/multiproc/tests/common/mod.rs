@@ -1,12 +1,15 @@
-//! What several test binaries share: waiting for a child process with a deadline, and running
-//! one of this binary's own tests in a fresh process.
+//! What several test binaries share: waiting for a child process with a deadline, reading its
+//! output pipes, running one of this binary's own tests in a fresh process, and watching
+//! shared memory segments in /dev/shm.
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code)]
 
 pub(crate) mod python;
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Waits for `child` up to `deadline`; kills it and panics if it is still running then.
@@ -22,6 +25,18 @@ pub(crate) fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> Ex
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the returned channel (so the
+/// reader can give up waiting for it).
+pub(crate) fn collect(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
 }
 
 /// How long the inner run may take before it is killed and the test fails.
@@ -41,20 +56,32 @@ pub(crate) fn run_own_ignored_test(name: &str, stdin: &[u8]) {
     let mut input = child.stdin.take().expect("stdin");
     input.write_all(stdin).expect("write stdin");
     drop(input);
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = collect(Box::new(child.stderr.take().expect("stderr")));
+    let stdout = collect(child.stdout.take().expect("stdout"));
+    let stderr = collect(child.stderr.take().expect("stderr"));
     let status = wait_until(&mut child, Instant::now() + INNER_RUN_LIMIT, name);
-    let (stdout, stderr) = (
-        stdout.join().expect("stdout"),
-        stderr.join().expect("stderr"),
-    );
+    let text = |rx: mpsc::Receiver<String>, which: &str| {
+        rx.recv_timeout(INNER_RUN_LIMIT)
+            .unwrap_or_else(|_| panic!("{name}: its {which} never reached end of file"))
+    };
+    let (stdout, stderr) = (text(stdout, "stdout"), text(stderr, "stderr"));
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+/// Whether the shared memory segment `name` is in /dev/shm.
+pub(crate) fn shm_exists(name: &str) -> bool {
+    Path::new("/dev/shm").join(name).exists()
+}
+
+/// Waits, up to 20 s, until the segment `name` has left /dev/shm; whether it did. (Its
+/// tracker runs in another process, so the removal follows the last drop by a message.)
+pub(crate) fn shm_gone_soon(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if !shm_exists(name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }

@@ -333,17 +333,15 @@ pub(crate) fn connect(addr: &Address, deadline: Instant) -> io::Result<OwnedFd> 
             Err(e) => return Err(e.into()),
         }
         set_nonblocking(sock.as_fd(), false)?;
-        if let Address::Tcp(_) = addr {
-            // Small messages go out at once, as CPython's do (it sets no option, but sends
-            // header and payload in one write for small messages too).
-            let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        }
+        tune_connected(sock.as_fd(), addr);
         return Ok(sock);
     }
 }
 
-/// Marks an accepted TCP socket like a connected one.
-pub(crate) fn tune_accepted(sock: BorrowedFd<'_>, addr: &Address) {
+/// Readies a connected or accepted socket of `addr`'s family: on TCP, small messages go out
+/// at once, as CPython's do (it sets no option, but sends header and payload in one write
+/// for small messages too).
+pub(crate) fn tune_connected(sock: BorrowedFd<'_>, addr: &Address) {
     if let Address::Tcp(_) = addr {
         let _ = rustix::net::sockopt::set_tcp_nodelay(sock, true);
     }

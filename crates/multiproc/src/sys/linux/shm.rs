@@ -498,32 +498,30 @@ fn caller_slow(generation: u32) -> (u32, u32) {
     (pid, tid)
 }
 
+/// `kill(pid, 0)`; `None` for a pid no process can have.
+fn test_kill(pid: u32) -> Option<rustix::io::Result<()>> {
+    let p = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)?;
+    Some(rustix::process::test_kill_process(p))
+}
+
 /// Whether a process `pid` exists (a zombie counts): one system call, for a non-blocking
 /// try that must stay cheap.
 pub(crate) fn process_exists(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(p) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
+    match test_kill(pid) {
+        None => false,
+        Some(Ok(())) => true,
+        Some(Err(e)) => e == rustix::io::Errno::PERM,
     }
 }
 
 /// Whether the process `pid` still exists (a zombie counts as gone: it holds nothing).
 pub(crate) fn process_alive(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(p) {
-        Ok(()) => !is_zombie(pid),
-        Err(e) => e != rustix::io::Errno::SRCH,
+    match test_kill(pid) {
+        None => false,
+        Some(Ok(())) => !is_zombie(pid),
+        Some(Err(e)) => e != rustix::io::Errno::SRCH,
     }
 }
 
