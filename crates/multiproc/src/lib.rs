@@ -138,6 +138,7 @@ mod context;
 mod error;
 pub mod guide;
 mod process;
+pub mod queue;
 pub mod shm;
 mod start;
 pub mod sync;
@@ -159,6 +160,7 @@ pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };
 pub use process::{ChildProcess, Process, active_children};
+pub use queue::{GetError, JoinableQueue, PutError, Queue, QueueBuilder, QueueError, SimpleQueue};
 pub use shm::{
     Array, ArrayError, ArrayGuard, ArrayLockError, AtomicElement, AtomicNumber, Element, RawArray,
     RawValue, Value, ValueGuard, ValueLock, ValueLockGuard,

@@ -9,6 +9,11 @@
 //! `Connection` to JSON, say, is an error rather than a number that means nothing elsewhere.
 //!
 //! Scopes nest (a value encoded while another is being encoded gets its own list).
+//!
+//! A scope opened with [`encoding_segments_by_name`] (queue items) still collects true
+//! descriptors (connections, a queue's own sockets) but asks shared-memory objects to travel
+//! by name: their descriptor would cost a trip through a side channel, and their name
+//! works on its own.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -19,16 +24,37 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 /// The most descriptors one message may carry (Linux's `SCM_MAX_FD`).
 pub(crate) const MAX_PER_MESSAGE: usize = 253;
 
+/// An outgoing scope: the descriptors collected so far, and whether shared-memory objects
+/// should leave theirs behind.
+struct Outgoing {
+    fds: Vec<OwnedFd>,
+    segments_by_name: bool,
+}
+
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
 /// descriptors the value holds, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let (r, fds) = scoped(&OUTGOING, Vec::new(), f);
-    (r, fds.unwrap_or_default())
+    outgoing(false, f)
+}
+
+/// As [`encoding`], but shared-memory objects in the value travel by name (see the module
+/// docs); only true descriptors are collected.
+pub(crate) fn encoding_segments_by_name<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    outgoing(true, f)
+}
+
+fn outgoing<R>(segments_by_name: bool, f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let scope = Outgoing {
+        fds: Vec::new(),
+        segments_by_name,
+    };
+    let (r, scope) = scoped(&OUTGOING, scope, f);
+    (r, scope.map(|s| s.fds).unwrap_or_default())
 }
 
 /// Runs `f` (which decodes a value) in an incoming scope holding `fds`. Descriptors the value
@@ -145,36 +171,49 @@ impl<'de> Deserialize<'de> for Descriptor {
     }
 }
 
-/// Whether a value encoded now can carry one more descriptor (an outgoing scope is open and
-/// not full). Shared-memory objects ride with their descriptor when they can, and by name
-/// otherwise.
+/// Whether a shared-memory object encoded now should carry its descriptor: an outgoing
+/// scope is open, not full, and does not ask for names. Such objects ride with their
+/// descriptor when they can, and by name otherwise.
+pub(crate) fn segment_carries_fd() -> bool {
+    OUTGOING.with(|o| {
+        o.borrow()
+            .as_ref()
+            .is_some_and(|s| !s.segments_by_name && s.fds.len() < MAX_PER_MESSAGE)
+    })
+}
+
+/// Whether a value encoded now can carry one more descriptor at all (an outgoing scope is
+/// open and not full): what an object that exists only as descriptors (a queue's sockets)
+/// asks before it tries.
 pub(crate) fn can_carry_fd() -> bool {
     OUTGOING.with(|o| {
         o.borrow()
             .as_ref()
-            .is_some_and(|list| list.len() < MAX_PER_MESSAGE)
+            .is_some_and(|s| s.fds.len() < MAX_PER_MESSAGE)
     })
 }
 
 /// Encodes `fd` as an index into the current outgoing scope (after duplicating it there).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    let index = OUTGOING.with(|o| -> Result<u32, String> {
-        let mut o = o.borrow_mut();
-        let list = o.as_mut().ok_or(
+    let index =
+        OUTGOING.with(|o| -> Result<u32, String> {
+            let mut o = o.borrow_mut();
+            let list = &mut o.as_mut().ok_or(
             "a descriptor (a Connection, a Descriptor) can only be sent through multiproc with \
              its default codec",
-        )?;
-        if list.len() >= MAX_PER_MESSAGE {
-            return Err(format!(
-                "a message can carry at most {MAX_PER_MESSAGE} descriptors"
-            ));
-        }
-        let dup = fd
-            .try_clone_to_owned()
-            .map_err(|e| format!("cannot duplicate a descriptor to send it: {e}"))?;
-        list.push(dup);
-        Ok((list.len() - 1) as u32)
-    });
+        )?
+        .fds;
+            if list.len() >= MAX_PER_MESSAGE {
+                return Err(format!(
+                    "a message can carry at most {MAX_PER_MESSAGE} descriptors"
+                ));
+            }
+            let dup = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot duplicate a descriptor to send it: {e}"))?;
+            list.push(dup);
+            Ok((list.len() - 1) as u32)
+        });
     match index {
         Ok(i) => s.serialize_u32(i),
         Err(msg) => Err(ser::Error::custom(msg)),

@@ -250,6 +250,9 @@ pub(crate) enum Kind {
     Barrier = 6,
     Value = 7,
     Array = 8,
+    Queue = 9,
+    SimpleQueue = 10,
+    JoinableQueue = 11,
 }
 
 /// A typed segment's header: kind, element size, element count, and a tag of the element
@@ -278,11 +281,20 @@ pub(crate) fn create_typed(header: Header, body: usize) -> Result<Arc<Segment>, 
     let size = HEADER_LEN
         .checked_add(body)
         .ok_or(ShmError::Io(std::io::Error::other("size overflows")))?;
-    let seg = Segment::create(None, "mp_", 24, size, Tracking::Tracked)?;
-    // Typed objects are written at once (and arrays prefaulted): reserve their memory, so a
-    // full /dev/shm is an error now, never a SIGBUS later.
-    sys::reserve(seg.fd.as_fd(), size as u64).map_err(ShmError::Io)?;
+    let seg = create_reserved(None, size)?;
     seg.write_header(&header);
+    Ok(seg)
+}
+
+/// Creates a tracked segment of `size` bytes (named `name`, or `mp_` and random hex digits)
+/// with its memory reserved: a full /dev/shm is an error now, never a SIGBUS when the memory
+/// is first written.
+pub(crate) fn create_reserved(name: Option<&str>, size: usize) -> Result<Arc<Segment>, ShmError> {
+    let seg = Segment::create(name, "mp_", 24, size, Tracking::Tracked)?;
+    if let Err(e) = sys::reserve(seg.fd.as_fd(), size as u64) {
+        let _ = seg.unlink();
+        return Err(ShmError::Io(e));
+    }
     Ok(seg)
 }
 
@@ -319,13 +331,11 @@ impl<'de> Deserialize<'de> for FdIndex {
 
 impl Serialize for Segment {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let fd = fds::can_carry_fd().then(|| SendFd(self.fd.as_fd()));
+        let fd = fds::segment_carries_fd().then(|| SendFd(self.fd.as_fd()));
         // Counted in transit either way: with its descriptor the memory arrives whatever
         // happens, but its *name* must also outlive this handle until the receiver holds it
         // (it may attach by name, or pass the name on to CPython).
-        if self.tracked {
-            tracker::send(&Msg::InTransit(self.name.clone())).map_err(ser::Error::custom)?;
-        }
+        self.send_in_transit().map_err(ser::Error::custom)?;
         Wire {
             name: self.name.as_str(),
             tracking: if self.tracked {
@@ -354,18 +364,35 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
             }
             seg
         }
-        None => {
-            let fd = sys::shm_open(&w.name).map_err(|e| {
-                de::Error::custom(format!("shared memory {:?} is gone: {e}", w.name))
-            })?;
-            let seg = Segment::map_fd(w.name.clone(), fd, tracked).map_err(de::Error::custom)?;
-            if tracked {
-                tracker::send_quietly(&Msg::Received(w.name));
-            }
-            seg
-        }
+        None => return Segment::open_received(w.name, tracked).map_err(de::Error::custom),
     };
     Ok(Arc::new(seg))
+}
+
+impl Segment {
+    /// Tells the tracker that the name is going somewhere without this handle (see the
+    /// module docs): it stays until a receiver's [`open_received`](Self::open_received).
+    pub(crate) fn send_in_transit(&self) -> Result<(), ShmError> {
+        if self.tracked {
+            tracker::send(&Msg::InTransit(self.name.clone())).map_err(ShmError::Tracker)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a name that came without its descriptor, taking over one transit.
+    pub(crate) fn open_received(name: String, tracked: bool) -> Result<Arc<Self>, ShmError> {
+        let fd = sys::shm_open(&name)
+            .map_err(|e| ShmError::Io(io_context(e, &format!("shared memory {name:?} is gone"))))?;
+        let seg = Segment::map_fd(name.clone(), fd, tracked)?;
+        if tracked {
+            tracker::send_quietly(&Msg::Received(name));
+        }
+        Ok(Arc::new(seg))
+    }
+}
+
+fn io_context(e: std::io::Error, what: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// Decodes a typed segment and checks that it holds `kind` of `elem_size`-byte elements

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 mod barrier;
 mod condition;
 mod event;
-mod lock;
+pub(crate) mod lock;
 mod semaphore;
 
 pub use barrier::{Barrier, BarrierBuilder};
@@ -127,7 +127,7 @@ pub enum SyncError {
 }
 
 /// A deadline from an optional timeout.
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future))
 }
 
@@ -136,7 +136,7 @@ fn far_future() -> Instant {
 }
 
 /// How long the next sleep may be: up to the deadline, and never longer than a death check.
-fn next_sleep(deadline: Option<Instant>) -> Option<Duration> {
+pub(crate) fn next_sleep(deadline: Option<Instant>) -> Option<Duration> {
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     match left {
         Some(l) if l.is_zero() => None,

@@ -98,6 +98,17 @@ pub(crate) fn send_all(
     Ok(())
 }
 
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets: each send arrives whole, in
+/// order, with its descriptors, at the other end ([`send_all`] and [`recv_some`] work on it).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
 /// The unsent tail of `parts` after `skip` bytes, as I/O slices.
 fn remaining<'a>(parts: [&'a [u8]; 3], mut skip: usize) -> [IoSlice<'a>; 3] {
     parts.map(|p| {

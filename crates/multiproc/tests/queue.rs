@@ -1,0 +1,201 @@
+//! Queues across real processes: the core behaviours (order, growth, large items, items
+//! holding shared objects and descriptors, a producer that exits without closing).
+
+use std::time::Duration;
+
+mod common;
+
+use multiproc::{
+    Connection, Context, Event, GetError, JoinableQueue, Lock, Process, PutError, Queue,
+    QueueError, SimpleQueue, get_context, pipe,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+const LONG: Duration = Duration::from_secs(20);
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
+fn each_method(mut f: impl FnMut(&Context)) {
+    for name in METHODS {
+        f(&get_context(name).unwrap());
+    }
+}
+
+fn start<A, R>(ctx: &Context, f: fn(A) -> R, args: A) -> Process<R>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    let mut p = ctx.process(f, args).daemon(true);
+    p.start().unwrap();
+    p
+}
+
+fn finish<R: DeserializeOwned>(mut p: Process<R>) -> R {
+    let m = p.start_method();
+    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
+    p.join_result()
+        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
+}
+
+fn produce((q, n): (Queue<u64>, u64)) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+#[multiproc::test]
+fn items_arrive_in_order_from_another_process() {
+    each_method(|ctx| {
+        let q = Queue::new(0).unwrap();
+        let p = start(ctx, produce, (q.clone(), 1000));
+        for i in 0..1000 {
+            assert_eq!(q.get_timeout(LONG).unwrap(), i);
+        }
+        finish(p);
+        assert!(q.empty());
+    });
+}
+
+#[multiproc::test]
+fn a_producer_that_exits_without_closing_loses_nothing_even_past_the_ring() {
+    // 100,000 items are far more than the first ring holds: the ring grows, and the
+    // producer exits with all of them still in the queue.
+    let q = Queue::<u64>::builder().capacity(4096).build().unwrap();
+    let p = start(&get_context("fork").unwrap(), produce, (q.clone(), 100_000));
+    finish(p);
+    assert_eq!(q.qsize(), 100_000);
+    for i in 0..100_000 {
+        assert_eq!(q.try_get().unwrap(), i);
+    }
+    assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    // Back to the first ring's size once empty, and still working.
+    q.put(7).unwrap();
+    assert_eq!(q.get().unwrap(), 7);
+}
+
+fn echo_large((q, back): (Queue<Vec<u8>>, Queue<Vec<u8>>)) {
+    let item = q.get_timeout(LONG).unwrap();
+    back.put(item).unwrap();
+}
+
+#[multiproc::test]
+fn a_64_mib_item_travels_both_ways() {
+    let q = Queue::new(0).unwrap();
+    let back = Queue::new(0).unwrap();
+    let p = start(
+        &get_context("forkserver").unwrap(),
+        echo_large,
+        (q.clone(), back.clone()),
+    );
+    let big: Vec<u8> = (0..64usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+    q.put(big.clone()).unwrap();
+    let got = back.get_timeout(LONG).unwrap();
+    assert!(got == big, "the item came back changed");
+    finish(p);
+}
+
+#[multiproc::test]
+fn bounded_queue_full_and_empty_as_cpython() {
+    let q = Queue::new(3).unwrap();
+    for i in 0..3 {
+        q.try_put(i).unwrap();
+    }
+    assert!(q.full());
+    assert!(matches!(q.try_put(3), Err(PutError::Full(3))));
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        q.put_timeout(3, Duration::from_millis(100)),
+        Err(PutError::Full(3))
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    for i in 0..3 {
+        assert_eq!(q.try_get().unwrap(), i);
+    }
+    assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(GetError::Empty)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+}
+
+/// What the child gets: a queue for the objects, a lock, an event, a connection.
+type Objects = (
+    Queue<(Lock, Event, Connection<String>)>,
+    Lock,
+    Event,
+    Connection<String>,
+);
+
+fn locked_and_signalled((q, lock, ev, conn): Objects) {
+    // The child puts the objects it was given; the parent takes them from the queue.
+    let _ = lock;
+    q.put((Lock::new().unwrap(), ev.clone(), conn)).unwrap();
+    ev.wait_timeout(LONG);
+}
+
+#[multiproc::test]
+fn items_holding_shared_objects_and_connections_work_on_the_other_side() {
+    each_method(|ctx| {
+        let q = Queue::new(0).unwrap();
+        let ev = Event::new().unwrap();
+        let (mut mine, theirs) = pipe(true).unwrap();
+        let p = start(
+            ctx,
+            locked_and_signalled,
+            (q.clone(), Lock::new().unwrap(), ev.clone(), theirs),
+        );
+        let (lock, ev2, mut conn) = q.get_timeout(LONG).unwrap();
+        assert!(lock.acquire().is_ok(), "the lock works");
+        conn.send(&"through a queue".to_string()).unwrap();
+        assert_eq!(mine.recv().unwrap(), "through a queue");
+        ev2.set();
+        finish(p);
+    });
+}
+
+fn consume_all((q, n): (JoinableQueue<u64>, u64)) -> u64 {
+    let mut sum = 0;
+    for _ in 0..n {
+        sum += q.get_timeout(LONG).unwrap();
+        q.task_done().unwrap();
+    }
+    sum
+}
+
+#[multiproc::test]
+fn joinable_queue_join_waits_for_every_task_done() {
+    let q = JoinableQueue::new(0).unwrap();
+    for i in 0..100 {
+        q.put(i).unwrap();
+    }
+    assert!(!q.join_timeout(Duration::from_millis(20)));
+    let p = start(
+        &get_context("forkserver").unwrap(),
+        consume_all,
+        (q.clone(), 100),
+    );
+    assert!(q.join_timeout(LONG));
+    assert_eq!(finish(p), 4950);
+    assert!(matches!(
+        q.task_done(),
+        Err(QueueError::TaskDoneTooManyTimes)
+    ));
+}
+
+#[multiproc::test]
+fn closed_handles_refuse_and_other_handles_go_on() {
+    let q = Queue::new(0).unwrap();
+    let other = SimpleQueue::<u8>::new().unwrap();
+    q.put(1).unwrap();
+    q.close();
+    assert!(matches!(
+        q.put(2),
+        Err(PutError::Failed(QueueError::Closed, 2))
+    ));
+    assert!(matches!(q.get(), Err(GetError::Failed(QueueError::Closed))));
+    other.put(1).unwrap();
+    other.close();
+    assert!(other.get().is_err());
+}
