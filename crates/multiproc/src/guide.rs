@@ -33,4 +33,10 @@
 //! | `Lock()`, `RLock()` | [`Lock`](crate::Lock), [`RLock`](crate::RLock) | guards; a dead holder is reported ([`AcquireError::OwnerDied`](crate::AcquireError)) |
 //! | `Semaphore`, `BoundedSemaphore` | [`Semaphore`](crate::Semaphore), [`BoundedSemaphore`](crate::BoundedSemaphore) | |
 //! | `Condition`, `Event`, `Barrier` | [`Condition`](crate::Condition), [`Event`](crate::Event), [`Barrier`](crate::Barrier) | |
+//! | `Queue(maxsize)` | [`Queue::new`](crate::Queue::new), [`Queue::builder`](crate::Queue::builder) | any serde item; no feeder thread, so no `join_thread` / `cancel_join_thread` |
+//! | `q.put(obj, block, timeout)` | [`put`](crate::Queue::put), [`try_put`](crate::Queue::try_put), [`put_timeout`](crate::Queue::put_timeout), [`put_nowait`](crate::Queue::put_nowait) | [`PutError::Full`](crate::PutError::Full) hands the item back |
+//! | `q.get(block, timeout)` | [`get`](crate::Queue::get), [`try_get`](crate::Queue::try_get), [`get_timeout`](crate::Queue::get_timeout), [`get_nowait`](crate::Queue::get_nowait) | [`GetError::Empty`](crate::GetError::Empty) |
+//! | `qsize`, `empty`, `full`, `close` | [`qsize`](crate::Queue::qsize), [`empty`](crate::Queue::empty), [`full`](crate::Queue::full), [`close`](crate::Queue::close) | |
+//! | `JoinableQueue`: `task_done`, `join` | [`JoinableQueue`](crate::JoinableQueue): [`task_done`](crate::JoinableQueue::task_done), [`join`](crate::JoinableQueue::join), [`join_timeout`](crate::JoinableQueue::join_timeout) | |
+//! | `SimpleQueue` | [`SimpleQueue`](crate::SimpleQueue) | |
 //! | `ProcessError`, `TimeoutError` | [`ProcessError`](crate::ProcessError), [`ChildError`](crate::ChildError) | |

@@ -3,8 +3,9 @@
 //! Python's `multiprocessing`, rebuilt for Rust: the same concepts and names, Rust's types,
 //! and none of CPython's traps.
 //!
-//! This release has processes and start methods, connections, shared memory and
-//! synchronisation; queues, the pool and the manager build on them (see the README's table).
+//! This release has processes and start methods, connections, shared memory,
+//! synchronisation and queues; the pool and the manager build on them (see the README's
+//! table).
 //!
 //! ## A first process
 //!
@@ -114,6 +115,42 @@
 //! }
 //! assert_eq!(squares.to_vec().unwrap(), [0, 1, 4, 9]);
 //! assert_eq!(total.load(), 14);
+//! ```
+//!
+//! ## Queues
+//!
+//! A [`Queue`] carries items of any serde type between any number of processes. A put is in
+//! shared memory when it returns: a producer may exit at once without losing anything.
+//!
+//! ```
+//! use multiproc::{Process, Queue, StartMethod};
+//!
+//! fn worker((tasks, results): (Queue<Option<u64>>, Queue<u64>)) {
+//!     while let Ok(Some(n)) = tasks.get() {
+//!         results.put(n * n).unwrap();
+//!     }
+//! }
+//!
+//! # multiproc::set_start_method(StartMethod::Fork).unwrap();
+//! let tasks = Queue::new(0).unwrap();
+//! let results = Queue::new(0).unwrap();
+//! let mut workers: Vec<_> = (0..2)
+//!     .map(|_| Process::new(worker, (tasks.clone(), results.clone())))
+//!     .collect();
+//! for w in &mut workers {
+//!     w.start().unwrap();
+//! }
+//! for n in 1..=10 {
+//!     tasks.put(Some(n)).unwrap();
+//! }
+//! for _ in &workers {
+//!     tasks.put(None).unwrap(); // one stop sign per worker
+//! }
+//! let total: u64 = (0..10).map(|_| results.get().unwrap()).sum();
+//! assert_eq!(total, 385);
+//! for w in &mut workers {
+//!     w.join().unwrap();
+//! }
 //! ```
 //!
 //! ## Guide

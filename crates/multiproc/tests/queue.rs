@@ -10,6 +10,7 @@ use multiproc::{
     QueueError, SimpleQueue, get_context, pipe,
 };
 use serde::{Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
 
 const LONG: Duration = Duration::from_secs(20);
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
@@ -73,7 +74,7 @@ fn a_producer_that_exits_without_closing_loses_nothing_even_past_the_ring() {
     assert_eq!(q.get().unwrap(), 7);
 }
 
-fn echo_large((q, back): (Queue<Vec<u8>>, Queue<Vec<u8>>)) {
+fn echo_large((q, back): (Queue<ByteBuf>, Queue<ByteBuf>)) {
     let item = q.get_timeout(LONG).unwrap();
     back.put(item).unwrap();
 }
@@ -87,10 +88,13 @@ fn a_64_mib_item_travels_both_ways() {
         echo_large,
         (q.clone(), back.clone()),
     );
-    let big: Vec<u8> = (0..64usize << 20).map(|i| (i * 7 % 251) as u8).collect();
-    q.put(big.clone()).unwrap();
+    // (As bytes, the way a program would send a large buffer: serde_bytes.)
+    let big: Vec<u8> = (0..64u32 << 18)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    q.put(ByteBuf::from(big.clone())).unwrap();
     let got = back.get_timeout(LONG).unwrap();
-    assert!(got == big, "the item came back changed");
+    assert!(got.into_vec() == big, "the item came back changed");
     finish(p);
 }
 
@@ -198,4 +202,25 @@ fn closed_handles_refuse_and_other_handles_go_on() {
     other.put(1).unwrap();
     other.close();
     assert!(other.get().is_err());
+}
+
+#[multiproc::test]
+fn growing_and_shrinking_hundreds_of_times_keeps_every_item_in_order() {
+    // Each round outgrows the 4 KiB first ring (a larger ring is linked) and empties the
+    // queue (the next put goes back to a ring of the first size): 600 rings in all, so the
+    // ring numbers wrap around more than once.
+    let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+    for round in 0..300u32 {
+        for i in 0..40 {
+            q.put(vec![(round + i) as u8; 100]).unwrap();
+        }
+        for i in 0..40 {
+            assert_eq!(
+                q.try_get().unwrap(),
+                vec![(round + i) as u8; 100],
+                "round {round}"
+            );
+        }
+    }
+    assert!(q.empty());
 }

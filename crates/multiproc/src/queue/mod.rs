@@ -127,8 +127,8 @@ impl<T> PutError<T> {
     /// ```
     /// # multiproc::init();
     /// let q = multiproc::Queue::new(1)?;
-    /// q.put("a")?;
-    /// assert_eq!(q.try_put("b").unwrap_err().into_inner(), "b");
+    /// q.put('a')?;
+    /// assert_eq!(q.try_put('b').unwrap_err().into_inner(), 'b');
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn into_inner(self) -> T {
@@ -727,7 +727,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// ```
 /// # multiproc::init();
 /// let q = multiproc::SimpleQueue::new()?;
-/// q.put("hello")?;
+/// q.put("hello".to_string())?;
 /// assert_eq!(q.get()?, "hello");
 /// assert!(q.empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -890,8 +890,7 @@ impl<'de, T> Deserialize<'de> for SimpleQueue<T> {
 ///
 /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
 /// let q = JoinableQueue::new(0)?;
-/// let mut p = Process::new(worker, q.clone());
-/// p.daemon(true)?;
+/// let mut p = Process::new(worker, q.clone()).daemon(true);
 /// p.start()?;
 /// for n in 0..10 {
 ///     q.put(n)?;

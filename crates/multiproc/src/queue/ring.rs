@@ -111,6 +111,12 @@ fn place(units: u32, head: u32, tail: u32, need: u32) -> Place {
     }
 }
 
+/// The ring after ring `lap`. Lap 0 is the first ring, inside the control segment; the
+/// laps after it cycle through 1..=255, each a segment named after its lap.
+fn next_lap(lap: u8) -> u8 {
+    if lap == u8::MAX { 1 } else { lap + 1 }
+}
+
 /// A record header: payload length in bytes, and flags.
 fn header(len: u32, flags: u32) -> u64 {
     u64::from(len) | (u64::from(flags) << 32)
@@ -142,7 +148,7 @@ impl RingMem {
     }
 }
 
-/// The rings this process has mapped, by generation: the producers' and the consumers'.
+/// The rings this process has mapped, by lap: the producers' and the consumers'.
 #[derive(Default)]
 struct Mapped {
     prod: Option<(u8, RingMem)>,
@@ -303,7 +309,7 @@ impl Ring {
         format!("{}.r{lap}", self.ctl.name())
     }
 
-    /// The ring of generation `lap` (mapping it by name the first time), cached in `slot`.
+    /// Ring `lap` (mapping it by name the first time), cached in `slot`.
     fn ring(
         &self,
         slot: impl Fn(&mut Mapped) -> &mut Option<(u8, RingMem)>,
@@ -404,10 +410,16 @@ impl Ring {
             match self.write_locked(p, c, &item, external.as_ref(), payload_len)? {
                 Some(next) => {
                     if let Some(ext) = &external {
-                        ext.seg.send_in_transit().map_err(QueueError::Shm)?;
+                        ext.seg.send_part_of(&self.ctl).map_err(QueueError::Shm)?;
                     }
                     if !item.fds.is_empty() {
-                        self.send_fds(next.1, item.fds, deadline)?;
+                        // A put that must not block does not wait for the socket either.
+                        let by = if block {
+                            deadline
+                        } else {
+                            Some(Instant::now())
+                        };
+                        self.send_fds(next.1, item.fds, by)?;
                     }
                     self.prod().store(next.0.pack(), Ordering::SeqCst);
                     drop(guard);
@@ -451,12 +463,12 @@ impl Ring {
             if want * UNIT > MAX_RING {
                 return Ok(None);
             }
-            let next = self.new_ring(p.lap.wrapping_add(1), want * UNIT)?;
+            let next = self.new_ring(next_lap(p.lap), want * UNIT)?;
             let link = ring.header_at(p.pos).ok_or_else(corrupt_ring)?;
             link.store(header(0, LINK), Ordering::Relaxed);
             p = Cursor {
                 items: p.items,
-                lap: p.lap.wrapping_add(1),
+                lap: next_lap(p.lap),
                 pos: 0,
             };
             ring = next;
@@ -498,8 +510,9 @@ impl Ring {
         Ok(Some((p, tag)))
     }
 
-    /// Makes the ring of generation `lap`, `size` bytes, and caches it as the producers'. Its
-    /// name is held in transit for the consumers (the one that leaves it unlinks it).
+    /// Makes ring `lap`, `size` bytes, and caches it as the producers'. The tracker keeps it
+    /// as part of the queue (so it outlives the producer, and goes with the queue); the
+    /// consumer that leaves it unlinks it.
     fn new_ring(&self, lap: u8, size: usize) -> Result<RingMem, QueueError> {
         let name = self.ring_name(lap);
         let seg = match segment::create_reserved(Some(&name), size) {
@@ -513,7 +526,7 @@ impl Ring {
             r => r,
         }
         .map_err(QueueError::Shm)?;
-        seg.send_in_transit().map_err(QueueError::Shm)?;
+        seg.send_part_of(&self.ctl).map_err(QueueError::Shm)?;
         let ring = RingMem {
             seg,
             offset: 0,
@@ -644,7 +657,7 @@ impl Ring {
                     if c.lap != 0 {
                         left.push(ring.seg.clone());
                     }
-                    c.lap = c.lap.wrapping_add(1);
+                    c.lap = next_lap(c.lap);
                     c.pos = 0;
                 }
                 ITEM => {
@@ -865,7 +878,7 @@ impl External {
             .map_err(|_| corrupt_ring())?
             .to_owned();
         segment::check_name(&name).map_err(QueueError::Shm)?;
-        let seg = Segment::open_received(name, true).map_err(QueueError::Shm)?;
+        let seg = Segment::attach(&name, segment::Tracking::Tracked).map_err(QueueError::Shm)?;
         let _ = seg.unlink();
         let len = usize::try_from(len)
             .ok()

@@ -379,6 +379,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Tells the tracker that this segment is part of `owner`: it stays as long as `owner`
+    /// does, whoever holds it, and is unlinked with it.
+    pub(crate) fn send_part_of(&self, owner: &Segment) -> Result<(), ShmError> {
+        if self.tracked {
+            tracker::send(&Msg::PartOf(self.name.clone(), owner.name.clone()))
+                .map_err(ShmError::Tracker)?;
+        }
+        Ok(())
+    }
+
     /// Opens a name that came without its descriptor, taking over one transit.
     pub(crate) fn open_received(name: String, tracked: bool) -> Result<Arc<Self>, ShmError> {
         let fd = sys::shm_open(&name)

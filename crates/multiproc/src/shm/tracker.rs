@@ -62,6 +62,9 @@ pub(crate) enum Msg {
     Received(String),
     /// The program unlinked `name` itself: stop tracking it.
     Unlinked(String),
+    /// `part` (the first name) belongs to the object `owner` (the second): it stays while
+    /// the owner does, whoever holds it, and goes with it (a queue's rings and large items).
+    PartOf(String, String),
 }
 
 /// How long a tracker with no connection left waits for the receivers of encodings still in
@@ -312,6 +315,8 @@ struct Entry {
     /// Encodings sent without a descriptor and not yet received (may dip below zero for a
     /// moment when a `Received` is read before its `InTransit`).
     transit: i64,
+    /// The object this name is part of (see [`Msg::PartOf`]).
+    owner: Option<String>,
 }
 
 /// One connected process.
@@ -369,6 +374,12 @@ impl Tracker {
                 }
                 self.settle(&name);
             }
+            Msg::PartOf(part, owner) => {
+                if self.names.contains_key(&owner) {
+                    self.names.entry(part.clone()).or_default().owner = Some(owner);
+                }
+                self.settle(&part);
+            }
         }
     }
 
@@ -398,13 +409,35 @@ impl Tracker {
             return;
         }
         let held = self.conns.iter().any(|c| c.refs.contains_key(name));
-        let transit = self.names.get(name).map_or(0, |e| e.transit);
-        if let Some(e) = self.names.get(name) {
-            if e.created > 0 {
-                self.doomed.push(name.to_owned());
-                self.names.remove(name);
-            } else if !held && transit == 0 {
-                self.names.remove(name);
+        let Some(e) = self.names.get(name) else {
+            return;
+        };
+        if e.created > 0 {
+            if e.owner.as_ref().is_some_and(|o| self.names.contains_key(o)) {
+                return; // kept by its owner
+            }
+            self.doom(name);
+        } else if !held && e.transit == 0 {
+            self.names.remove(name);
+        }
+    }
+
+    /// Unlinks `name` (the program's) and, with it, its parts.
+    fn doom(&mut self, name: &str) {
+        self.names.remove(name);
+        self.doomed.push(name.to_owned());
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, e)| e.owner.as_deref() == Some(name))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for part in parts {
+            if self.names.get(&part).is_some_and(|e| e.created > 0) {
+                self.doom(&part);
+            } else {
+                // The program already unlinked it; what is left is bookkeeping.
+                self.names.remove(&part);
             }
         }
     }
@@ -571,6 +604,13 @@ fn msg_name(msg: &Msg) -> &str {
         | Msg::InTransit(n)
         | Msg::Received(n)
         | Msg::Unlinked(n) => n,
+        Msg::PartOf(part, owner) => {
+            if valid_name(owner) {
+                part
+            } else {
+                owner
+            }
+        }
     }
 }
 
@@ -614,6 +654,34 @@ mod tests {
         assert!(t.doomed.is_empty());
         t.apply(1, Msg::Detached(s("a")));
         assert_eq!(t.doomed, [s("a")]);
+    }
+
+    #[test]
+    fn a_part_stays_while_its_owner_does_and_goes_with_it() {
+        let mut t = tracker(2);
+        t.apply(0, Msg::Created(s("q")));
+        t.apply(0, Msg::Created(s("q.r1")));
+        t.apply(0, Msg::PartOf(s("q.r1"), s("q")));
+        t.apply(1, Msg::Attached(s("q")));
+        // The process that made the part lets go of both: the other still holds the owner.
+        t.apply(0, Msg::Detached(s("q.r1")));
+        t.apply(0, Msg::Detached(s("q")));
+        assert!(t.doomed.is_empty(), "kept by its owner");
+        t.apply(1, Msg::Detached(s("q")));
+        assert_eq!(t.doomed, [s("q"), s("q.r1")]);
+    }
+
+    #[test]
+    fn a_part_unlinked_by_the_program_is_forgotten_once_let_go() {
+        let mut t = tracker(1);
+        t.apply(0, Msg::Created(s("q")));
+        t.apply(0, Msg::Created(s("big")));
+        t.apply(0, Msg::PartOf(s("big"), s("q")));
+        t.apply(0, Msg::Unlinked(s("big")));
+        t.apply(0, Msg::Detached(s("big")));
+        assert!(!t.names.contains_key("big"));
+        t.apply(0, Msg::Detached(s("q")));
+        assert_eq!(t.doomed, [s("q")]);
     }
 
     #[test]
