@@ -395,8 +395,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`PutError::Full`] if the queue is full (or another producer holds it this
-    /// instant); otherwise as [`put`](Self::put).
+    /// [`PutError::Full`] if the queue is full (or another producer held it for more than
+    /// a couple of milliseconds); otherwise as [`put`](Self::put).
     ///
     /// # Examples
     ///
@@ -489,8 +489,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Empty`] if the queue is empty (or another consumer holds it this
-    /// instant); otherwise as [`get`](Self::get).
+    /// [`GetError::Empty`] if the queue is empty (or another consumer held it for more
+    /// than a couple of milliseconds); otherwise as [`get`](Self::get).
     ///
     /// # Examples
     ///

@@ -347,7 +347,7 @@ impl Ring {
     // -----------------------------------------------------------------------------------------
     // Locks
 
-    /// Takes the lock at word `w`, waiting until `deadline` (`block` false: not at all). A
+    /// Takes the lock at word `w`, waiting until `deadline` (`block` false: briefly). A
     /// dead holder is no problem: every change a holder makes is one store of `prod` or
     /// `cons`, so whatever it was doing either happened or did not.
     fn lock(&self, w: usize, block: bool, deadline: Option<Instant>) -> Option<RingGuard<'_>> {
@@ -355,9 +355,17 @@ impl Ring {
             state: self.word(w),
         };
         let pid = sys::caller().0;
+        // A lock is held only for the copy of one record, so even a call that must not wait
+        // for items or room waits for the lock a little (a try_put on an unbounded queue
+        // fails for no other process's put).
+        let deadline = if block {
+            deadline
+        } else {
+            Some(Instant::now() + LOCK_PATIENCE)
+        };
         if raw.try_lock_fast(pid)
             || matches!(
-                raw.lock_slow(pid, block, deadline),
+                raw.lock_slow(pid, true, deadline),
                 Some(Got::Clean | Got::OwnerDied)
             )
         {
@@ -813,6 +821,9 @@ impl Ring {
         }
     }
 }
+
+/// How long a call that must not block waits for a queue's lock.
+const LOCK_PATIENCE: Duration = Duration::from_millis(2);
 
 /// How long a consumer spins before it sleeps, when it may run on more than one CPU.
 const SPIN: Duration = Duration::from_micros(20);
