@@ -12,7 +12,10 @@
 //!   ([`SocketJob`]) — the floor of a `Connection`;
 //! - [`SharedMap`], [`mutex_lock`]/[`mutex_unlock`] and [`SyncChild`]: a `MAP_SHARED`
 //!   mapping of atomics, a futex mutex, and a forked child that increments, adds or plays
-//!   ping-pong on it ([`SyncJob`]) — the floor of locks, values, events and arrays.
+//!   ping-pong on it ([`SyncJob`]) — the floor of locks, values, events and arrays;
+//! - [`RingChild`]: a forked child producing 64-byte items into a single-producer
+//!   single-consumer ring in a `MAP_SHARED` mapping, futexes only to sleep — the floor of a
+//!   queue.
 //!
 //! # Safety
 //!
@@ -864,6 +867,247 @@ impl SyncChild {
 }
 
 impl Drop for SyncChild {
+    fn drop(&mut self) {
+        let _ = self.stop_and_wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A single-producer single-consumer ring of 64-byte slots: the floor of a queue (issue 5).
+//
+// A `SharedMap` holding [`RingWords`] in its first page and [`RING_SLOTS`] slots of
+// [`SLOT`] bytes after it. The producer (a forked child, [`RingChild`]) copies an item into
+// the slot at `head` and publishes it with one store of `head`; the consumer (the parent)
+// copies the slot at `tail` out and frees it with one store of `tail`. Each side keeps the
+// last value it read of the other's counter and reads it again only when that one says the
+// ring is full (empty). A side that finds no room (no item) sleeps on its own futex word
+// after setting it to 1 and looking once more; the other side wakes it (`FUTEX_WAKE`) only
+// if that word is set, so no system call is made while both keep up. No lock: one producer,
+// one consumer. The child runs with nothing but atomics, copies within the shared mapping,
+// `futex`, `clock_gettime` and `_exit`, as the other shared-memory floors do.
+
+/// The size of an item of the ring floor.
+pub(crate) const SLOT: usize = 64;
+/// Slots in the ring floor: 256 KiB, the size of a multiproc queue's first ring.
+const RING_SLOTS: u64 = 4096;
+/// Where the slots start in the mapping (after the words' page).
+const RING_DATA: usize = 4096;
+
+/// A word alone on its cache line.
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+/// The words of the ring floor (all zero at first).
+#[repr(C)]
+struct RingWords {
+    /// Items written (the producer's).
+    head: Line<AtomicU64>,
+    /// Items read (the consumer's).
+    tail: Line<AtomicU64>,
+    /// 1 while the consumer may sleep on it, waiting for `head` to move.
+    cons_sleeps: Line<AtomicU32>,
+    /// 1 while the producer may sleep on it, waiting for `tail` to move.
+    prod_sleeps: Line<AtomicU32>,
+    /// The batch the parent started ([`GO_STOP`] ends the child).
+    go: Line<AtomicU32>,
+}
+
+impl SharedMap {
+    /// The ring floor's words at the start of the mapping.
+    fn ring_words(&self) -> &RingWords {
+        assert!(self.len >= RING_DATA + RING_SLOTS as usize * SLOT);
+        const { assert!(size_of::<RingWords>() <= RING_DATA) };
+        // SAFETY:
+        // - the mapping is page-aligned and large enough; `RingWords` holds only atomics, for
+        //   which all-zero bytes and any later contents written through them are valid;
+        //   atomics may be shared, across processes too.
+        unsafe { &*self.ptr.as_ptr().cast::<RingWords>() }
+    }
+
+    /// The slot for item number `i`.
+    fn slot(&self, i: u64) -> *mut u8 {
+        let at = RING_DATA + (i % RING_SLOTS) as usize * SLOT;
+        assert!(at + SLOT <= self.len);
+        // SAFETY:
+        // - `at + SLOT` is within the mapping (checked above), so the pointer stays in it.
+        unsafe { self.ptr.as_ptr().add(at) }
+    }
+}
+
+/// Waits until `counter` no longer reads `seen` and returns it: spinning on it for up to
+/// `spin` first, then sleeping on `sleeps` (set to 1 first, then the counter read again, so
+/// that the other side either sees the 1 or this side sees its store).
+fn wait_moved(
+    counter: &AtomicU64,
+    seen: u64,
+    sleeps: &AtomicU32,
+    spin: std::time::Duration,
+) -> u64 {
+    if !spin.is_zero() {
+        let start = std::time::Instant::now();
+        loop {
+            for _ in 0..64 {
+                let v = counter.load(Ordering::Acquire);
+                if v != seen {
+                    return v;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+        }
+    }
+    loop {
+        let v = counter.load(Ordering::Acquire);
+        if v != seen {
+            return v;
+        }
+        sleeps.store(1, Ordering::SeqCst);
+        let v = counter.load(Ordering::SeqCst);
+        if v != seen {
+            sleeps.store(0, Ordering::Relaxed);
+            return v;
+        }
+        futex_wait(sleeps, 1);
+    }
+}
+
+/// Stores `value` into `counter`; `FUTEX_WAKE`s the other side only if it sleeps on `sleeps`.
+fn publish(counter: &AtomicU64, value: u64, sleeps: &AtomicU32) {
+    counter.store(value, Ordering::SeqCst);
+    if sleeps.load(Ordering::SeqCst) != 0 && sleeps.swap(0, Ordering::SeqCst) != 0 {
+        futex_wake(sleeps, 1);
+    }
+}
+
+/// The child's side of a [`RingChild`]: for each batch the parent starts, `n` copies of
+/// `item` into the ring.
+fn ring_producer(map: &SharedMap, item: &[u8; SLOT], n: u64, spin: std::time::Duration) {
+    let w = map.ring_words();
+    let mut head = 0u64;
+    let mut tail = 0u64;
+    let mut batch = 0;
+    loop {
+        batch = wait_while(&w.go.0, |g| g == batch);
+        if batch == GO_STOP {
+            return;
+        }
+        for _ in 0..n {
+            while head - tail == RING_SLOTS {
+                tail = wait_moved(&w.tail.0, tail, &w.prod_sleeps.0, spin);
+            }
+            // SAFETY:
+            // - the slot is `SLOT` bytes inside the mapping; the consumer has freed it
+            //   (`tail` was read with `Acquire` past its last use) and reads it only after
+            //   the store of `head` below, so nothing else touches it meanwhile; `item` is
+            //   this process's own memory, not in the mapping.
+            unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), map.slot(head), SLOT) };
+            head += 1;
+            publish(&w.head.0, head, &w.cons_sleeps.0);
+        }
+    }
+}
+
+/// A forked child producing 64-byte items into a single-producer single-consumer ring in
+/// shared memory, which the parent consumes (the floor of a queue). It exits with 0 when
+/// told to ([`finish`](Self::finish), or on drop).
+pub(crate) struct RingChild {
+    map: SharedMap,
+    pid: libc::pid_t,
+    batch: u32,
+    /// Items read.
+    tail: u64,
+    /// `head` as last read.
+    head: u64,
+    /// Items per batch.
+    n: u64,
+    spin: std::time::Duration,
+}
+
+impl RingChild {
+    /// Maps the ring and forks the producer, which puts `n` copies of `item` per batch,
+    /// spinning up to `spin` (on the ring's words) before it sleeps, as the consumer does.
+    pub(crate) fn start(item: [u8; SLOT], n: u64, spin: std::time::Duration) -> io::Result<Self> {
+        let map = SharedMap::new(RING_DATA + RING_SLOTS as usize * SLOT)?;
+        // SAFETY:
+        // - `fork` has no memory-safety preconditions; the child below uses nothing but
+        //   atomics and copies in the shared mapping, `futex`, `clock_gettime` and `_exit`,
+        //   which are async-signal-safe, and allocates nothing.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                ring_producer(&map, &item, n, spin);
+                // SAFETY:
+                // - `_exit` accepts any status, never returns, and is async-signal-safe (the
+                //   mapping is not unmapped: no destructor runs).
+                unsafe { libc::_exit(0) }
+            }
+            pid => Ok(Self {
+                map,
+                pid,
+                batch: 0,
+                tail: 0,
+                head: 0,
+                n,
+                spin,
+            }),
+        }
+    }
+
+    /// Starts a batch in the child and takes its `n` items, each copied out of its slot and
+    /// handed to `check`; returns how many `check` refused. Every item is taken either way,
+    /// so the child always finishes its batch.
+    pub(crate) fn batch(&mut self, mut check: impl FnMut(&[u8; SLOT]) -> bool) -> u64 {
+        self.batch = if self.batch + 1 == GO_STOP {
+            1
+        } else {
+            self.batch + 1
+        };
+        let w = self.map.ring_words();
+        w.go.0.store(self.batch, Ordering::Release);
+        futex_wake(&w.go.0, 1);
+        let mut refused = 0;
+        let mut got = [0u8; SLOT];
+        for _ in 0..self.n {
+            while self.tail == self.head {
+                self.head = wait_moved(&w.head.0, self.head, &w.cons_sleeps.0, self.spin);
+            }
+            // SAFETY:
+            // - the slot is `SLOT` bytes inside the mapping; the producer wrote it before its
+            //   store of `head`, read here with `Acquire`, and writes it again only after the
+            //   store of `tail` below; `got` is this process's own memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.map.slot(self.tail), got.as_mut_ptr(), SLOT);
+            };
+            self.tail += 1;
+            publish(&w.tail.0, self.tail, &w.prod_sleeps.0);
+            if !check(&got) {
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    /// Tells the child to exit, waits for it and checks that it exited with 0.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.stop_and_wait()
+    }
+
+    fn stop_and_wait(&mut self) -> io::Result<()> {
+        let pid = std::mem::replace(&mut self.pid, 0);
+        if pid <= 0 {
+            return Ok(());
+        }
+        let w = self.map.ring_words();
+        w.go.0.store(GO_STOP, Ordering::Release);
+        futex_wake(&w.go.0, 1);
+        wait_exit_zero(pid)
+    }
+}
+
+impl Drop for RingChild {
     fn drop(&mut self) {
         let _ = self.stop_and_wait();
     }

@@ -5,6 +5,8 @@ mod common;
 mod connection;
 mod connection_lib;
 mod large_parent;
+mod queue;
+mod queue_lib;
 mod start_join;
 mod sync;
 mod sync_lib;
@@ -18,5 +20,6 @@ pub(crate) fn all() -> Vec<Case> {
     cases.extend(large_parent::cases());
     cases.extend(connection::cases());
     cases.extend(sync::cases());
+    cases.extend(queue::cases());
     cases
 }

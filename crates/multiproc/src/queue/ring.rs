@@ -1,6 +1,7 @@
 //! The engine under every queue: a byte ring of records in shared memory, with one lock for
 //! producers and one for consumers. See `queue/README.md` for the layout and the protocol.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,6 +21,8 @@ use crate::{ShmError, sys};
 const W_PUT_LOCK: usize = 0;
 const W_PUT_SEQ: usize = 1;
 const W_FD_TAG: usize = 2;
+/// How many rings after the first were ever made (names the next one).
+const W_RINGS_MADE: usize = 3;
 /// `prod`, a 64-bit word at words 4-5: `puts << 32 | lap << 24 | head`.
 const W_PROD: usize = 4;
 const W_GET_LOCK: usize = 16;
@@ -111,11 +114,17 @@ fn place(units: u32, head: u32, tail: u32, need: u32) -> Place {
     }
 }
 
-/// The ring after ring `lap`. Lap 0 is the first ring, inside the control segment; the
-/// laps after it cycle through 1..=255, each a segment named after its lap.
-fn next_lap(lap: u8) -> u8 {
-    if lap == u8::MAX { 1 } else { lap + 1 }
+/// The lap of the `made`-th ring made after the first. Lap 0 is the first ring, inside the
+/// control segment; the others cycle through 1..=255, each a segment named after its lap (a
+/// name comes round again only after 255 more rings, long after its ring was left: a queue
+/// moves to a new ring only when the one it is in is full, or empty).
+fn lap_of(made: u32) -> u8 {
+    (made % 255) as u8 + 1
 }
+
+/// A ring waits this much larger than the first before an empty queue goes back to the
+/// first (smaller ones stay, ready for the next burst).
+const SHRINK_ABOVE: u32 = 4;
 
 /// A record header: payload length in bytes, and flags.
 fn header(len: u32, flags: u32) -> u64 {
@@ -194,6 +203,9 @@ pub(crate) struct Ring {
     /// Units of the first ring (and of the ring a queue shrinks back to).
     base_units: u32,
     side: Option<Side>,
+    /// Ring 0, inside the control segment.
+    first: RingMem,
+    /// The other rings this process uses.
     mapped: Mutex<Mapped>,
 }
 
@@ -253,9 +265,15 @@ impl Ring {
                 ctl.name()
             )));
         }
+        let units = (capacity as usize / UNIT) as u32;
         Ok(Self {
+            first: RingMem {
+                seg: ctl.clone(),
+                offset: HEADER_LEN + CONTROL_LEN,
+                units,
+            },
             ctl,
-            base_units: (capacity as usize / UNIT) as u32,
+            base_units: units,
             side,
             mapped: Mutex::new(Mapped::default()),
         })
@@ -314,34 +332,29 @@ impl Ring {
         &self,
         slot: impl Fn(&mut Mapped) -> &mut Option<(u8, RingMem)>,
         lap: u8,
-    ) -> Result<RingMem, QueueError> {
+    ) -> Result<Cow<'_, RingMem>, QueueError> {
+        if lap == 0 {
+            return Ok(Cow::Borrowed(&self.first));
+        }
         let mut mapped = self.mapped.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((g, r)) = slot(&mut mapped) {
             if *g == lap {
-                return Ok(r.clone());
+                return Ok(Cow::Owned(r.clone()));
             }
         }
-        let ring = if lap == 0 {
-            RingMem {
-                seg: self.ctl.clone(),
-                offset: HEADER_LEN + CONTROL_LEN,
-                units: self.base_units,
-            }
-        } else {
-            let seg = Segment::attach(&self.ring_name(lap), segment::Tracking::Tracked)
-                .map_err(QueueError::Shm)?;
-            let units = (seg.size() / UNIT) as u32;
-            if !units.is_power_of_two() || (units as usize) * UNIT > MAX_RING {
-                return Err(QueueError::Corrupt(format!("ring {lap} has a bad size")));
-            }
-            RingMem {
-                seg,
-                offset: 0,
-                units,
-            }
+        let seg = Segment::attach(&self.ring_name(lap), segment::Tracking::Tracked)
+            .map_err(QueueError::Shm)?;
+        let units = (seg.size() / UNIT) as u32;
+        if !units.is_power_of_two() || (units as usize) * UNIT > MAX_RING {
+            return Err(QueueError::Corrupt(format!("ring {lap} has a bad size")));
+        }
+        let ring = RingMem {
+            seg,
+            offset: 0,
+            units,
         };
         *slot(&mut mapped) = Some((lap, ring.clone()));
-        Ok(ring)
+        Ok(Cow::Owned(ring))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -460,23 +473,25 @@ impl Ring {
         let tail = if c.lap == p.lap { c.pos } else { 0 };
         let empty = p.items == c.items && c.lap == p.lap;
         let mut place_now = place(ring.units, p.pos, tail, need as u32);
-        let shrink = empty && ring.units > self.base_units;
+        let shrink = empty && p.lap != 0 && ring.units > SHRINK_ABOVE * self.base_units;
         if place_now == Place::NoRoom || shrink {
-            // A larger ring (or, once empty, the first size again), linked from this one.
-            let want = if shrink {
-                self.base_units as usize
+            // A larger ring, or once empty the first again, linked from this one.
+            let (lap, next) = if shrink {
+                (0, Cow::Borrowed(&self.first))
             } else {
-                (ring.units as usize * 2).max(need * 4)
+                let want = (ring.units as usize * 2).max(need * 4);
+                if want * UNIT > MAX_RING {
+                    return Ok(None);
+                }
+                let made = self.word(W_RINGS_MADE).fetch_add(1, Ordering::Relaxed);
+                let lap = lap_of(made);
+                (lap, Cow::Owned(self.new_ring(lap, want * UNIT)?))
             };
-            if want * UNIT > MAX_RING {
-                return Ok(None);
-            }
-            let next = self.new_ring(next_lap(p.lap), want * UNIT)?;
             let link = ring.header_at(p.pos).ok_or_else(corrupt_ring)?;
-            link.store(header(0, LINK), Ordering::Relaxed);
+            link.store(header(u32::from(lap), LINK), Ordering::Relaxed);
             p = Cursor {
                 items: p.items,
-                lap: next_lap(p.lap),
+                lap,
                 pos: 0,
             };
             ring = next;
@@ -535,6 +550,8 @@ impl Ring {
         }
         .map_err(QueueError::Shm)?;
         seg.send_part_of(&self.ctl).map_err(QueueError::Shm)?;
+        // Written at once by a producer that is ahead: fault its pages in one call.
+        seg.map().prefault();
         let ring = RingMem {
             seg,
             offset: 0,
@@ -564,10 +581,7 @@ impl Ring {
 
     /// After a put: wakes a sleeping consumer, if any.
     fn wake_getters(&self) {
-        if self.word(W_GETTERS).load(Ordering::SeqCst) > 0 {
-            self.word(W_PUT_SEQ).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(self.word(W_PUT_SEQ), 1);
-        }
+        ring_bell(self.word(W_PUT_SEQ), 1);
     }
 
     /// Waits until a consumer has taken something since `seen` (or the deadline).
@@ -580,17 +594,14 @@ impl Ring {
         if !block {
             return Err(PutFail::Full);
         }
-        let seq = self.word(W_GET_SEQ).load(Ordering::SeqCst);
-        self.word(W_PUTTERS).fetch_add(1, Ordering::SeqCst);
-        let moved = Cursor::unpack(self.cons().load(Ordering::SeqCst)) != seen;
-        let sleep = next_sleep(deadline);
-        if !moved {
-            if let Some(d) = sleep {
-                sys::futex_wait(self.word(W_GET_SEQ), seq, Some(d));
-            }
-        }
-        self.word(W_PUTTERS).fetch_sub(1, Ordering::SeqCst);
-        if sleep.is_none() && !moved {
+        let moved = || Cursor::unpack(self.cons().load(Ordering::SeqCst)) != seen;
+        let slept = wait_for_bell(
+            self.word(W_GET_SEQ),
+            self.word(W_PUTTERS),
+            moved,
+            deadline,
+        );
+        if !slept && !moved() {
             return Err(PutFail::Full);
         }
         Ok(())
@@ -606,7 +617,7 @@ impl Ring {
         deadline: Option<Instant>,
         out: &mut Vec<u8>,
     ) -> Result<Vec<OwnedFd>, TakeFail> {
-        let spin_until = (block && sys::may_spin()).then(|| Instant::now() + SPIN);
+        let mut spin = block && sys::may_spin();
         loop {
             if let Some(fds) = self.try_take(block, deadline, out)? {
                 return Ok(fds);
@@ -614,7 +625,9 @@ impl Ring {
             if !block {
                 return Err(TakeFail::Empty);
             }
-            if !self.wait_for_items(deadline, spin_until) {
+            let woke = self.wait_for_items(deadline, spin);
+            spin = false;
+            if !woke {
                 // One last look: an item may have come just as the time ran out.
                 return match self.try_take(false, None, out)? {
                     Some(fds) => Ok(fds),
@@ -665,7 +678,7 @@ impl Ring {
                     if c.lap != 0 {
                         left.push(ring.seg.clone());
                     }
-                    c.lap = next_lap(c.lap);
+                    c.lap = u8::try_from(len).map_err(|_| corrupt_ring())?;
                     c.pos = 0;
                 }
                 ITEM => {
@@ -735,10 +748,7 @@ impl Ring {
     /// After a take (that saw `prod` as `p`): wakes producers waiting for room, and another
     /// consumer if items remain.
     fn after_take(&self, p: Cursor) {
-        if self.word(W_PUTTERS).load(Ordering::SeqCst) > 0 {
-            self.word(W_GET_SEQ).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(self.word(W_GET_SEQ), u32::MAX);
-        }
+        ring_bell(self.word(W_GET_SEQ), u32::MAX);
         let c = Cursor::unpack(self.cons().load(Ordering::SeqCst));
         if p.items != c.items {
             self.wake_getters();
@@ -746,25 +756,29 @@ impl Ring {
     }
 
     /// Sleeps until an item may be there; false once the deadline has passed.
-    fn wait_for_items(&self, deadline: Option<Instant>, spin_until: Option<Instant>) -> bool {
-        if let Some(until) = spin_until {
-            while Instant::now() < until && deadline.is_none_or(|d| Instant::now() < d) {
-                if self.has_items() {
-                    return true;
+    fn wait_for_items(&self, deadline: Option<Instant>, spin: bool) -> bool {
+        if spin {
+            let until = Instant::now() + SPIN;
+            let until = deadline.map_or(until, |d| d.min(until));
+            // The clock is read once per 64 looks.
+            'spin: loop {
+                for _ in 0..64 {
+                    if self.has_items() {
+                        return true;
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
+                if Instant::now() >= until {
+                    break 'spin;
+                }
             }
         }
-        let seq = self.word(W_PUT_SEQ).load(Ordering::SeqCst);
-        self.word(W_GETTERS).fetch_add(1, Ordering::SeqCst);
-        let sleep = next_sleep(deadline);
-        if !self.has_items() {
-            if let Some(d) = sleep {
-                sys::futex_wait(self.word(W_PUT_SEQ), seq, Some(d));
-            }
-        }
-        self.word(W_GETTERS).fetch_sub(1, Ordering::SeqCst);
-        sleep.is_some()
+        wait_for_bell(
+            self.word(W_PUT_SEQ),
+            self.word(W_GETTERS),
+            || self.has_items(),
+            deadline,
+        )
     }
 
     // -----------------------------------------------------------------------------------------
@@ -820,6 +834,51 @@ impl Ring {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bells: sleeping until the other side has done something
+//
+// A bell is a futex word: a count of rings in bits 0..31 and, in bit 31, `ARMED`: someone may
+// sleep on it. A sleeper counts itself in a sleepers word, arms the bell, checks its condition
+// once more, and sleeps on the armed value. A ringer wakes only if it is the one that clears
+// `ARMED`, so a burst of puts pays one wake-up, not one each. A woken sleeper that leaves
+// others asleep arms the bell again for them. (A sleeper killed in its sleep leaves its
+// count behind: that costs one spare wake-up each time a live sleeper wakes, nothing more.)
+
+const ARMED: u32 = 1 << 31;
+
+/// Rings `bell`: wakes `n` sleepers if it was armed.
+fn ring_bell(bell: &AtomicU32, n: u32) {
+    let rung = bell.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+        (b & ARMED != 0).then(|| (b.wrapping_add(1)) & !ARMED)
+    });
+    if rung.is_ok() {
+        sys::futex_wake(bell, n);
+    }
+}
+
+/// Sleeps on `bell` (counted in `sleepers`) unless `ready`, until rung or the deadline (in
+/// slices of at most [`DEATH_CHECK`](crate::sync::DEATH_CHECK), so even a ringer that died
+/// between its change and its ring costs a bounded delay); false if the deadline had passed.
+fn wait_for_bell(
+    bell: &AtomicU32,
+    sleepers: &AtomicU32,
+    ready: impl Fn() -> bool,
+    deadline: Option<Instant>,
+) -> bool {
+    let Some(sleep) = next_sleep(deadline) else {
+        return false;
+    };
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    let armed = bell.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
+    if !ready() {
+        sys::futex_wait(bell, armed, Some(sleep));
+    }
+    if sleepers.fetch_sub(1, Ordering::SeqCst) > 1 {
+        bell.fetch_or(ARMED, Ordering::SeqCst);
+    }
+    true
 }
 
 /// How long a call that must not block waits for a queue's lock.
