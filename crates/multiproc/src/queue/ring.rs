@@ -595,12 +595,10 @@ impl Ring {
             return Err(PutFail::Full);
         }
         let moved = || Cursor::unpack(self.cons().load(Ordering::SeqCst)) != seen;
-        let slept = wait_for_bell(
-            self.word(W_GET_SEQ),
-            self.word(W_PUTTERS),
-            moved,
-            deadline,
-        );
+        if before_sleeping(sys::may_spin(), deadline, moved) {
+            return Ok(());
+        }
+        let slept = wait_for_bell(self.word(W_GET_SEQ), self.word(W_PUTTERS), moved, deadline);
         if !slept && !moved() {
             return Err(PutFail::Full);
         }
@@ -757,28 +755,11 @@ impl Ring {
 
     /// Sleeps until an item may be there; false once the deadline has passed.
     fn wait_for_items(&self, deadline: Option<Instant>, spin: bool) -> bool {
-        if spin {
-            let until = Instant::now() + SPIN;
-            let until = deadline.map_or(until, |d| d.min(until));
-            // The clock is read once per 64 looks.
-            'spin: loop {
-                for _ in 0..64 {
-                    if self.has_items() {
-                        return true;
-                    }
-                    std::hint::spin_loop();
-                }
-                if Instant::now() >= until {
-                    break 'spin;
-                }
-            }
+        let ready = || self.has_items();
+        if before_sleeping(spin, deadline, ready) {
+            return true;
         }
-        wait_for_bell(
-            self.word(W_PUT_SEQ),
-            self.word(W_GETTERS),
-            || self.has_items(),
-            deadline,
-        )
+        wait_for_bell(self.word(W_PUT_SEQ), self.word(W_GETTERS), ready, deadline)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -848,6 +829,39 @@ impl Ring {
 
 const ARMED: u32 = 1 << 31;
 
+/// What a waiter does before it sleeps: on more than one CPU, spin a little (waking a sleeper
+/// on another CPU costs tens of microseconds); on one CPU, give the CPU away twice (the
+/// process that will satisfy it is likely waiting for this very CPU: a hand-off by yield
+/// costs one system call, a sleep and a wake-up two). True if `ready` came true.
+fn before_sleeping(spin: bool, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+    if spin {
+        let until = Instant::now() + SPIN;
+        let until = deadline.map_or(until, |d| d.min(until));
+        // The clock is read once per 64 looks.
+        loop {
+            for _ in 0..64 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+    for _ in 0..YIELDS {
+        std::thread::yield_now();
+        if ready() {
+            return true;
+        }
+    }
+    false
+}
+
+/// How many times a waiter on one CPU yields before it sleeps.
+const YIELDS: u32 = 2;
+
 /// Rings `bell`: wakes `n` sleepers if it was armed.
 fn ring_bell(bell: &AtomicU32, n: u32) {
     let rung = bell.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
@@ -859,8 +873,13 @@ fn ring_bell(bell: &AtomicU32, n: u32) {
 }
 
 /// Sleeps on `bell` (counted in `sleepers`) unless `ready`, until rung or the deadline (in
-/// slices of at most [`DEATH_CHECK`](crate::sync::DEATH_CHECK), so even a ringer that died
-/// between its change and its ring costs a bounded delay); false if the deadline had passed.
+/// slices of at most [`DEATH_CHECK`](crate::sync::DEATH_CHECK)); false if the deadline had
+/// passed.
+///
+/// Without a deadline the sleep has no timer, so it ends only when rung. The one thing that
+/// can then keep a sleeper asleep with its condition met is a ringer killed in the instant
+/// between its change (one store) and its ring: the sleeper then wakes at the next ring (the
+/// next put or get of anyone), and every other caller goes on normally.
 fn wait_for_bell(
     bell: &AtomicU32,
     sleepers: &AtomicU32,
@@ -873,7 +892,9 @@ fn wait_for_bell(
     sleepers.fetch_add(1, Ordering::SeqCst);
     let armed = bell.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
     if !ready() {
-        sys::futex_wait(bell, armed, Some(sleep));
+        // Without a deadline, no timer: arming one costs more than a whole put (about 0.4 us
+        // a sleep on this VM).
+        sys::futex_wait(bell, armed, deadline.map(|_| sleep));
     }
     if sleepers.fetch_sub(1, Ordering::SeqCst) > 1 {
         bell.fetch_or(ARMED, Ordering::SeqCst);
