@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::QueueError;
 use crate::shm::segment::{self, HEADER_LEN, Header, Kind, Segment};
 use crate::sync::lock::{Got, RawMutex};
-use crate::sync::{deadline as deadline_of, next_sleep};
+use crate::sync::{before_sleeping, deadline as deadline_of, next_sleep};
 use crate::{ShmError, sys};
 
 // ---------------------------------------------------------------------------------------------
@@ -829,39 +829,6 @@ impl Ring {
 
 const ARMED: u32 = 1 << 31;
 
-/// What a waiter does before it sleeps: on more than one CPU, spin a little (waking a sleeper
-/// on another CPU costs tens of microseconds); on one CPU, give the CPU away twice (the
-/// process that will satisfy it is likely waiting for this very CPU: a hand-off by yield
-/// costs one system call, a sleep and a wake-up two). True if `ready` came true.
-fn before_sleeping(spin: bool, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
-    if spin {
-        let until = Instant::now() + SPIN;
-        let until = deadline.map_or(until, |d| d.min(until));
-        // The clock is read once per 64 looks.
-        loop {
-            for _ in 0..64 {
-                if ready() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-        }
-    }
-    for _ in 0..YIELDS {
-        std::thread::yield_now();
-        if ready() {
-            return true;
-        }
-    }
-    false
-}
-
-/// How many times a waiter on one CPU yields before it sleeps.
-const YIELDS: u32 = 2;
-
 /// Rings `bell`: wakes `n` sleepers if it was armed.
 fn ring_bell(bell: &AtomicU32, n: u32) {
     let rung = bell.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
@@ -904,9 +871,6 @@ fn wait_for_bell(
 
 /// How long a call that must not block waits for a queue's lock.
 const LOCK_PATIENCE: Duration = Duration::from_millis(2);
-
-/// How long a consumer spins before it sleeps, when it may run on more than one CPU.
-const SPIN: Duration = Duration::from_micros(20);
 
 fn corrupt_ring() -> QueueError {
     QueueError::Corrupt("the queue's memory holds a bad record".into())

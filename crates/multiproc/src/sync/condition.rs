@@ -5,6 +5,8 @@
 //! | 0 `waiters` | waiters not yet notified (changed only under the lock) |
 //! | 1 `signals` | notifications not yet taken |
 //! | 2 `epoch` | bumped by every `notify` that wakes someone; sleepers wait on this word |
+//! | 3 `requeued` | notified sleepers moved to the lock's futex and not yet awake |
+//! | 4 `sleepers` | waiters that may be asleep on `epoch` (a notify makes a system call only if some are) |
 //!
 //! A waiter registers (under the lock: `waiters += 1`, remembering `epoch`), lets the lock
 //! go, and sleeps on `epoch`. `notify(n)` (under the lock) moves `k = min(n, waiters)` from
@@ -25,7 +27,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, deadline, next_sleep};
+use super::{
+    AcquireError, Lock, LockGuard, RLock, RLockGuard, SyncError, before_sleeping, deadline,
+    next_sleep,
+};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -126,7 +131,7 @@ impl Condition {
         Ok(Self {
             lock: lock.into(),
             cells: Cells {
-                seg: new_segment(Kind::Condition, 4)?,
+                seg: new_segment(Kind::Condition, 5)?,
             },
         })
     }
@@ -160,6 +165,10 @@ impl Condition {
     /// Waiters moved to the lock's futex by notifies and not yet back.
     fn requeued(&self) -> &AtomicU32 {
         self.cells.seg.word(3)
+    }
+
+    fn sleepers(&self) -> &AtomicU32 {
+        self.cells.seg.word(4)
     }
 
     fn lock_raw(&self) -> super::lock::RawMutex<'_> {
@@ -265,16 +274,30 @@ impl Condition {
         };
         let deadline = deadline(timeout);
         let mut notified = false;
+        let mut first = true;
         loop {
-            let epoch = self.epoch().load(Ordering::Acquire);
+            let epoch = self.epoch().load(Ordering::SeqCst);
             if epoch != registered && self.take_signal() {
                 notified = true;
                 break;
             }
-            match next_sleep(deadline) {
-                Some(d) => sys::futex_wait(self.epoch(), epoch, Some(d)),
-                None => break,
+            if std::mem::take(&mut first) {
+                let moved = || self.epoch().load(Ordering::SeqCst) != epoch;
+                if before_sleeping(sys::may_spin(), deadline, moved) {
+                    continue;
+                }
             }
+            let Some(d) = next_sleep(deadline) else {
+                break;
+            };
+            // Counted before the last look at `epoch`, so a notify either sees a sleeper (and
+            // makes its system call) or came before that look.
+            self.sleepers().fetch_add(1, Ordering::SeqCst);
+            if self.epoch().load(Ordering::SeqCst) == epoch {
+                // Without a deadline, no timer (arming one costs more than the wake-up).
+                sys::futex_wait(self.epoch(), epoch, deadline.map(|_| d));
+            }
+            self.sleepers().fetch_sub(1, Ordering::SeqCst);
         }
         let died = match &self.lock {
             ConditionLock::Lock(l) => l.reacquire(),
@@ -368,7 +391,12 @@ impl Condition {
         }
         self.waiters().store(waiting - k, Ordering::Relaxed);
         self.signals().fetch_add(k, Ordering::Release);
-        let epoch = self.epoch().fetch_add(1, Ordering::Release).wrapping_add(1);
+        let epoch = self.epoch().fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        if self.sleepers().load(Ordering::SeqCst) == 0 {
+            // Every waiter is awake (spinning, yielding, or between its look and its sleep,
+            // and that look will see the new epoch): nothing to wake.
+            return Ok(());
+        }
         // Wait morphing: the notified sleepers move to the lock's futex and wake when this
         // thread lets go of the lock, instead of waking now to find it held (which costs two
         // more context switches per wake-up on one CPU).

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{new_segment, travels_as_segment};
-use super::{deadline, next_sleep};
+use super::{before_sleeping, deadline, next_sleep};
 use crate::ShmError;
 use crate::shm::segment::{self, Kind, Segment};
 use crate::sys;
@@ -159,22 +159,16 @@ impl Event {
             return true;
         }
         let set_since = || self.state().load(Ordering::Acquire) != start;
-        if sys::may_spin() {
-            // A short spin: waking a sleeper on another CPU costs tens of microseconds.
-            let t = std::time::Instant::now();
-            while t.elapsed() < SPIN && timeout.is_none_or(|limit| t.elapsed() < limit) {
-                if set_since() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-        }
         let deadline = deadline(timeout);
+        if before_sleeping(sys::may_spin(), deadline, set_since) {
+            return true;
+        }
         loop {
             self.sleepers().fetch_add(1, Ordering::SeqCst);
             let sleep = next_sleep(deadline);
             if let Some(d) = sleep {
-                sys::futex_wait(self.state(), start, Some(d));
+                // Without a deadline, no timer (arming one costs more than the wake-up).
+                sys::futex_wait(self.state(), start, deadline.map(|_| d));
             }
             self.sleepers().fetch_sub(1, Ordering::SeqCst);
             if set_since() {
@@ -189,6 +183,3 @@ impl Event {
 
 /// The flag's bit in `state`.
 const SET: u32 = 1;
-
-/// How long a waiter spins before it sleeps, when it may run on more than one CPU.
-const SPIN: Duration = Duration::from_micros(20);

@@ -144,3 +144,43 @@ pub(crate) fn next_sleep(deadline: Option<Instant>) -> Option<Duration> {
         None => Some(DEATH_CHECK),
     }
 }
+
+/// What a waiter does before it sleeps: on more than one CPU, spin a little (waking a sleeper
+/// on another CPU costs tens of microseconds); on one CPU, give the CPU away twice (the
+/// process that will satisfy it is likely waiting for this very CPU: a hand-off by yield
+/// costs one system call, a sleep and a wake-up two). True if `ready` came true.
+pub(crate) fn before_sleeping(
+    spin: bool,
+    deadline: Option<Instant>,
+    ready: impl Fn() -> bool,
+) -> bool {
+    if spin {
+        let until = Instant::now() + SPIN;
+        let until = deadline.map_or(until, |d| d.min(until));
+        // The clock is read once per 64 looks.
+        loop {
+            for _ in 0..64 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+    for _ in 0..YIELDS {
+        std::thread::yield_now();
+        if ready() {
+            return true;
+        }
+    }
+    false
+}
+
+/// How many times a waiter on one CPU yields before it sleeps.
+const YIELDS: u32 = 2;
+
+/// How long a waiter spins before it sleeps, when it may run on more than one CPU.
+const SPIN: Duration = Duration::from_micros(20);
