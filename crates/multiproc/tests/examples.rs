@@ -1263,3 +1263,296 @@ fn s31_raw_value() {
         ],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Queues: S08, S24, S27, S28.
+
+const START_METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
+/// `line` with every `after <n> ms` replaced by `after <ms> ms`, and the `n`s found.
+fn mask_millis(line: &str) -> (String, Vec<u128>) {
+    let mut masked = String::new();
+    let mut found = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("after ") {
+        let (head, tail) = rest.split_at(at + "after ".len());
+        masked.push_str(head);
+        let digits = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        if digits > 0 && tail[digits..].starts_with(" ms") {
+            found.push(parse(&tail[..digits]));
+            masked.push_str("<ms>");
+            rest = &tail[digits..];
+        } else {
+            rest = tail;
+        }
+    }
+    masked.push_str(rest);
+    (masked, found)
+}
+
+#[test]
+fn s08_queue_bounds() {
+    // A failed put or get with a timeout of 200 ms returns after it, and not much later.
+    const TIMEOUT_MS: u128 = 200;
+    const LATE_MS: u128 = 5_000;
+    let expected = [
+        "Queue(3): maxsize() -> 3",
+        "put(1, block=False) -> ok",
+        "put(2, block=False) -> ok",
+        "put(3, block=False) -> ok",
+        "put(4, block=False) -> Full (the item came back: 4)",
+        "qsize() -> 3, full() -> true",
+        "get(block=False) -> 1",
+        "get(block=False) -> 2",
+        "get(block=False) -> 3",
+        "get(block=False) -> Empty",
+        "qsize() -> 0, empty() -> true",
+        "put(1), put(2), put(3) -> qsize() 3",
+        "put(4, timeout=0.2) -> Full (the item came back: 4) after <ms> ms",
+        "get() three times -> [1, 2, 3]",
+        "get(timeout=0.2) -> Empty after <ms> ms",
+        "a child process: put(10, block=False) -> ok, put(11, block=False) -> ok, \
+         put(12, block=False) -> ok, put(13, block=False) -> Full (the item came back: 13)",
+        "parent: qsize() -> 3, full() -> true",
+        "a child process: put(14, timeout=0.2) -> Full (the item came back: 14) after <ms> ms",
+        "parent: get(block=False) four times -> 10, 11, 12, Empty",
+        "a child process: get(timeout=0.2) -> Empty after <ms> ms",
+        "a child process: put(20, timeout=30) on the full queue -> ok (the parent took 1)",
+        "parent: the queue holds [2, 3, 20]",
+        "a child process: get(timeout=30) on the empty queue -> 30 (the parent's put(30): ok)",
+        "parent: empty() -> true",
+    ];
+    for method in START_METHODS {
+        let run = run_example("queue_bounds", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let mut waits = Vec::new();
+        let masked: Vec<String> = run
+            .lines()
+            .into_iter()
+            .map(|l| {
+                let (line, ms) = mask_millis(l);
+                waits.extend(ms);
+                line
+            })
+            .collect();
+        assert_eq!(masked, expected, "under {method}");
+        assert_eq!(waits.len(), 4, "{method}: {waits:?}");
+        for ms in waits {
+            assert!(
+                (TIMEOUT_MS..TIMEOUT_MS + LATE_MS).contains(&ms),
+                "{method}: a 200 ms timeout took {ms} ms"
+            );
+        }
+    }
+}
+
+#[test]
+fn s28_queue_exit() {
+    let expected = [
+        "2 producers, each putting 50000 small items and 3 of 8 MiB (over 25 MiB each; a pipe \
+         holds 64 KiB); nobody reads, nobody calls close()",
+        "Process-1 (returns from its function after its last put) has exited: exitcode Some(0)",
+        "Process-2 (calls std::process::exit(0) after its last put) has exited: exitcode Some(0)",
+        "qsize() after both exited: 100006",
+        "from producer 1: 50000 small and 3 large items (25 MiB), lost 0, out of order or \
+         damaged 0",
+        "from producer 2: 50000 small and 3 large items (25 MiB), lost 0, out of order or \
+         damaged 0",
+        "items from nowhere: 0",
+        "empty() after reading: true",
+    ];
+    for method in START_METHODS {
+        let run = run_example("queue_exit", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        assert_eq!(run.lines(), expected, "under {method}");
+    }
+}
+
+/// The worker_cache model, independent of the example's: which source items are skipped
+/// (equal to one of the last `window` processed before them), and the last `window` processed.
+fn recent_items_model(items: &[u32], window: usize) -> (Vec<bool>, Vec<u32>) {
+    let mut recent = std::collections::VecDeque::new();
+    let mut skips = Vec::new();
+    for item in items {
+        let skip = recent.contains(item);
+        if !skip {
+            recent.push_back(*item);
+            if recent.len() > window {
+                recent.pop_front();
+            }
+        }
+        skips.push(skip);
+    }
+    (skips, recent.into())
+}
+
+/// `[1, 2, 3]` as numbers.
+fn parse_list(text: &str) -> Vec<u32> {
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("not a list: {text:?}"));
+    inner
+        .split(", ")
+        .filter(|s| !s.is_empty())
+        .map(parse)
+        .collect()
+}
+
+#[test]
+fn s27_worker_cache() {
+    const WORKERS: usize = 5;
+    const WINDOW: usize = 10;
+    for method in START_METHODS {
+        let run = run_example("worker_cache", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let (count, list) = run
+            .after("source: ")
+            .split_once(" items: ")
+            .expect("the source line");
+        let items = parse_list(list);
+        assert_eq!(items.len(), parse::<usize>(count));
+        let (skips, recent) = recent_items_model(&items, WINDOW);
+        let skipped: Vec<usize> = (0..items.len()).filter(|&i| skips[i]).collect();
+        let again: Vec<usize> = (0..items.len())
+            .filter(|&i| !skips[i] && items[..i].contains(&items[i]))
+            .collect();
+        // The source has both kinds of repeat, so the window matters both ways.
+        assert!(!skipped.is_empty() && !again.is_empty(), "{items:?}");
+        let show = |is: &[usize]| -> String {
+            is.iter()
+                .map(|&i| format!("#{i}={}", items[i]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+
+        // The workers' own reports of their skips, printed under the lock: in source order.
+        let mut dumps_by_worker = [0usize; WORKERS];
+        let mut dumped = Vec::new();
+        for line in run.lines() {
+            let Some((worker, rest)) = line
+                .strip_prefix("worker ")
+                .and_then(|l| l.split_once(": already finished! dump it = "))
+            else {
+                continue;
+            };
+            let worker: usize = parse(worker);
+            dumps_by_worker[worker - 1] += 1;
+            let (item, seq) = rest.split_once(" (source #").expect("item and position");
+            let seq: usize = parse(seq.strip_suffix(')').expect("closing parenthesis"));
+            assert_eq!(items[seq], parse::<u32>(item), "{method}: {line}");
+            dumped.push(seq);
+        }
+        assert_eq!(dumped, skipped, "{method}: the skips, in source order");
+
+        // Each worker's count of skips agrees with its reports; the counts add up.
+        let mut processed = 0;
+        for (k, dumps) in dumps_by_worker.iter().enumerate() {
+            let counts = run.after(&format!("worker {}: processed ", k + 1));
+            let (p, s) = counts.split_once(", skipped ").expect("two counts");
+            assert_eq!(parse::<usize>(s), *dumps, "{method}: worker {}", k + 1);
+            processed += parse::<usize>(p);
+        }
+        assert_eq!(processed + skipped.len(), items.len(), "{method}");
+
+        let summary: Vec<&str> = run
+            .lines()
+            .into_iter()
+            .skip_while(|l| !l.starts_with("processed "))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                format!(
+                    "processed {processed}, skipped {}, of {} items",
+                    skipped.len(),
+                    items.len()
+                ),
+                "every source item processed or skipped exactly once: true".to_owned(),
+                format!("skipped: {}", show(&skipped)),
+                "every processed result right: true".to_owned(),
+                format!(
+                    "the skips are exactly the repeats of one of the last {WINDOW} processed: true"
+                ),
+                format!("processed again after leaving the list: {}", show(&again)),
+                format!("recent items at the end: {recent:?}"),
+                format!("the last {WINDOW} processed: true"),
+            ],
+            "under {method}"
+        );
+    }
+}
+
+#[test]
+fn s24_lock_queue_scenarios() {
+    const BLOCK: [&str; 6] = ["I", "was", "here", "!!!!", "1111", "einhundertelfzigelf"];
+    let cpus = multiproc::cpu_count();
+    let ncores = cpus.min(3);
+    for method in START_METHODS {
+        let run = run_example("lock_queue_scenarios", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let lines = run.lines();
+        assert_eq!(
+            lines[..4],
+            [
+                "Scenario 1 (Pool, plain Lock and Queue as task arguments; CPython: \
+                 RuntimeError: Lock objects should only be shared between processes through \
+                 inheritance): not yet, it comes with the pool",
+                "Scenario 1 with Pool(initializer, initargs) giving every worker the lock: not \
+                 yet, it comes with the pool",
+                "Scenario 2 (Pool, manager's Lock and Queue): not yet, it comes with the pool \
+                 and the manager",
+                &format!(
+                    "Scenario 3 (single processes, plain Lock and Queue as Process arguments, \
+                     ncores = {ncores}: the seed's 3, cpu_count() = {cpus}):"
+                ),
+            ],
+            "under {method}"
+        );
+
+        // Ten jobs' lines, each job's whole: the lock kept them apart.
+        let jobs = &lines[4..4 + 10 * (BLOCK.len() + 1)];
+        let mut runs = Vec::new();
+        for block in jobs.chunks(BLOCK.len() + 1) {
+            assert_eq!(block[..BLOCK.len()], BLOCK, "{method}: {jobs:#?}");
+            runs.push(parse::<u32>(
+                block[BLOCK.len()].strip_prefix("By run ").expect("By run"),
+            ));
+        }
+        runs.sort_unstable();
+        assert_eq!(runs, (0..10).collect::<Vec<u32>>(), "{method}");
+
+        let rest = &lines[4 + jobs.len()..];
+        assert_eq!(rest.len(), 4, "{method}: {rest:?}");
+        let mut back = parse_list(
+            rest[0]
+                .strip_prefix("read back from the queue: ")
+                .expect("read back"),
+        );
+        back.sort_unstable();
+        assert_eq!(back, (0..10).collect::<Vec<u32>>(), "{method}");
+        let most: usize = parse(
+            rest[1]
+                .strip_prefix("most jobs running at once: ")
+                .and_then(|r| r.strip_suffix(&format!(" (ncores = {ncores})")))
+                .unwrap_or_else(|| panic!("{method}: {}", rest[1])),
+        );
+        assert!((1..=ncores).contains(&most), "{method}: {most} at once");
+        assert_eq!(
+            rest[2..],
+            [
+                "Scenario 3 successful! All 10 indices came back.",
+                "Scenario 4 (single processes, manager's Lock and Queue): not yet, it comes with \
+                 the manager",
+            ],
+            "under {method}"
+        );
+    }
+}
