@@ -12,14 +12,23 @@
 //! 6. Shared memory: workers add their counts to a shared `Value` with an atomic add (no lock)
 //!    and write them into a shared `Array`; a worker killed while it holds a `Lock` does not
 //!    block the next one, which learns that the holder died.
+//! 7. A work queue: a producer process puts the chunks on a `Queue` and exits at once (no
+//!    feeder thread to flush, nothing lost); a worker killed while it waits in `get` wedges
+//!    nothing; the other workers drain the queue and send their counts back on another.
 
 use std::time::{Duration, Instant};
 
 use multiproc::connection::ConnectionError;
 use multiproc::{
     AcquireError, Array, ChildError, Connection, Context, Event, Lock, LockGuard, Process,
-    ProcessError, StartMethod, Value,
+    ProcessError, Queue, StartMethod, Value,
 };
+
+/// A chunk of the range to count, or `None`: stop.
+type Task = Option<(u64, u64)>;
+
+/// How many chunks the work queue carries.
+const CHUNKS: u64 = 64;
 
 /// Counts the primes in `[lo, hi)` by trial division: honest CPU work.
 fn count_primes((lo, hi): (u64, u64)) -> u64 {
@@ -68,6 +77,26 @@ fn hold_lock_and_hang((lock, holding): (Lock, Event)) {
     }
     holding.set();
     std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn produce_chunks((tasks, workers, limit): (Queue<Task>, u64, u64)) {
+    for i in 0..CHUNKS {
+        tasks.put(Some(share(i, CHUNKS, limit))).unwrap();
+    }
+    for _ in 0..workers {
+        tasks.put(None).unwrap();
+    }
+} // returns at once: every item is in the queue's shared memory already
+
+fn wait_for_a_task((tasks, waiting): (Queue<Task>, Event)) {
+    waiting.set();
+    let _ = tasks.get();
+}
+
+fn take_chunks((tasks, results): (Queue<Task>, Queue<u64>)) {
+    while let Ok(Some(range)) = tasks.get() {
+        results.put(count_primes(range)).unwrap();
+    }
 }
 
 fn divide((a, b): (u32, u32)) -> u32 {
@@ -200,5 +229,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => println!("   unexpected: acquired with no word of the holder's death"),
         Err(AcquireError::Timeout) => println!("   unexpected: the lock stayed held"),
     }
+
+    println!("7. a work queue: a producer that exits at once, a worker killed in get():");
+    let tasks = Queue::<Task>::new(0)?;
+    let results = Queue::<u64>::new(0)?;
+    let waiting = Event::new()?;
+    let mut victim = Process::new(wait_for_a_task, (tasks.clone(), waiting.clone()));
+    victim.start()?;
+    waiting.wait_timeout(Duration::from_secs(60));
+    victim.kill()?;
+    victim.join()?;
+    let mut producer = Process::new(produce_chunks, (tasks.clone(), workers, limit));
+    producer.start()?;
+    producer.join()?;
+    println!(
+        "   the producer exited (exitcode {:?}) with {} items queued, none lost",
+        producer.exitcode()?,
+        tasks.qsize()
+    );
+    let mut procs = Vec::new();
+    for _ in 0..workers {
+        let mut p = Process::new(take_chunks, (tasks.clone(), results.clone()));
+        p.start()?;
+        procs.push(p);
+    }
+    let total: u64 = (0..CHUNKS)
+        .map(|_| results.get_timeout(Duration::from_secs(60)))
+        .sum::<Result<u64, _>>()?;
+    for p in procs {
+        p.join()?;
+    }
+    println!("   the killed worker wedged nothing: {CHUNKS} chunks, {total} primes");
     Ok(())
 }

@@ -597,6 +597,20 @@ fn tour_main_job() {
         .find(|l| l.starts_with("per worker "))
         .unwrap_or_else(|| panic!("no shared memory line in:\n{}", run.stdout));
     assert!(shared.ends_with(", total 17984 primes"), "{shared}");
+    let queued = lines
+        .iter()
+        .find(|l| l.starts_with("the producer exited "))
+        .unwrap_or_else(|| panic!("no work queue line in:\n{}", run.stdout));
+    let workers = multiproc::cpu_count();
+    assert!(
+        queued.ends_with(&format!("with {} items queued, none lost", 64 + workers)),
+        "{queued}"
+    );
+    assert!(
+        lines.contains(&"the killed worker wedged nothing: 64 chunks, 17984 primes"),
+        "{}",
+        run.stdout
+    );
     for expected in [
         "the process was killed by signal 6 (SIGABRT)",
         "exitcode Some(-6); the parent carries on",
