@@ -395,8 +395,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`PutError::Full`] if the queue is full (or another producer held it for more than
-    /// a couple of milliseconds); otherwise as [`put`](Self::put).
+    /// [`PutError::Full`] if the queue is full, or if another producer held the queue's
+    /// lock for 100 ms (preempted or stopped in the middle of a put); otherwise as
+    /// [`put`](Self::put).
     ///
     /// # Examples
     ///
@@ -489,8 +490,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Empty`] if the queue is empty (or another consumer held it for more
-    /// than a couple of milliseconds); otherwise as [`get`](Self::get).
+    /// [`GetError::Empty`] if the queue is empty, or if another consumer held the queue's
+    /// lock for 100 ms; otherwise as [`get`](Self::get). [`QueueError::NoDescriptorChannel`]
+    /// if the next item holds descriptors and this handle came over TCP (the item stays for
+    /// a handle that can take it).
     ///
     /// # Examples
     ///

@@ -35,8 +35,11 @@ const W_JOINERS: usize = 34;
 const W_DONE: usize = 35;
 const W_DRAINED: usize = 36;
 const W_MAXSIZE: usize = 37;
+/// Words 64..320: for each lap, which ring (by `rings_made` when it was made) holds that
+/// lap's name now; a process that mapped an earlier ring of the same lap maps again.
+const W_LAP_IDS: usize = 64;
 /// Bytes of control block; the first ring follows it.
-const CONTROL_LEN: usize = 192;
+const CONTROL_LEN: usize = (W_LAP_IDS + 256) * 4;
 
 /// Ring positions count 8-byte units in 24 bits, so a ring holds at most 2^23 units.
 const UNIT: usize = 8;
@@ -160,9 +163,12 @@ impl RingMem {
 /// The rings this process has mapped, by lap: the producers' and the consumers'.
 #[derive(Default)]
 struct Mapped {
-    prod: Option<(u8, RingMem)>,
-    cons: Option<(u8, RingMem)>,
+    prod: Option<MappedRing>,
+    cons: Option<MappedRing>,
 }
+
+/// A mapped ring: its lap, which ring of that lap it is, and its memory.
+type MappedRing = (u8, u32, RingMem);
 
 /// The side channel for descriptors: every handle holds both ends of one socket pair;
 /// producers send on `tx`, consumers receive on `rx`.
@@ -330,15 +336,18 @@ impl Ring {
     /// Ring `lap` (mapping it by name the first time), cached in `slot`.
     fn ring(
         &self,
-        slot: impl Fn(&mut Mapped) -> &mut Option<(u8, RingMem)>,
+        slot: impl Fn(&mut Mapped) -> &mut Option<MappedRing>,
         lap: u8,
     ) -> Result<Cow<'_, RingMem>, QueueError> {
         if lap == 0 {
             return Ok(Cow::Borrowed(&self.first));
         }
+        // The ring of this lap now: stable while the caller holds its side's lock and its
+        // side is in that lap (a lap's name comes round again only 255 rings later).
+        let id = self.lap_id(lap).load(Ordering::Acquire);
         let mut mapped = self.mapped.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((g, r)) = slot(&mut mapped) {
-            if *g == lap {
+        if let Some((l, i, r)) = slot(&mut mapped) {
+            if *l == lap && *i == id {
                 return Ok(Cow::Owned(r.clone()));
             }
         }
@@ -353,8 +362,12 @@ impl Ring {
             offset: 0,
             units,
         };
-        *slot(&mut mapped) = Some((lap, ring.clone()));
+        *slot(&mut mapped) = Some((lap, id, ring.clone()));
         Ok(Cow::Owned(ring))
+    }
+
+    fn lap_id(&self, lap: u8) -> &AtomicU32 {
+        self.word(W_LAP_IDS + usize::from(lap))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -368,9 +381,10 @@ impl Ring {
             state: self.word(w),
         };
         let pid = sys::caller().0;
-        // A lock is held only for the copy of one record, so even a call that must not wait
-        // for items or room waits for the lock a little (a try_put on an unbounded queue
-        // fails for no other process's put).
+        // A lock is held for the copy of one record (or, rarely, while a producer makes a
+        // larger ring), so even a call that must not wait for items or room waits for the
+        // lock a while: a try_put on an unbounded queue fails only if another producer held
+        // the lock that long (preempted, or stopped).
         let deadline = if block {
             deadline
         } else {
@@ -485,7 +499,7 @@ impl Ring {
                 }
                 let made = self.word(W_RINGS_MADE).fetch_add(1, Ordering::Relaxed);
                 let lap = lap_of(made);
-                (lap, Cow::Owned(self.new_ring(lap, want * UNIT)?))
+                (lap, Cow::Owned(self.new_ring(lap, made, want * UNIT)?))
             };
             let link = ring.header_at(p.pos).ok_or_else(corrupt_ring)?;
             link.store(header(u32::from(lap), LINK), Ordering::Relaxed);
@@ -536,7 +550,7 @@ impl Ring {
     /// Makes ring `lap`, `size` bytes, and caches it as the producers'. The tracker keeps it
     /// as part of the queue (so it outlives the producer, and goes with the queue); the
     /// consumer that leaves it unlinks it.
-    fn new_ring(&self, lap: u8, size: usize) -> Result<RingMem, QueueError> {
+    fn new_ring(&self, lap: u8, made: u32, size: usize) -> Result<RingMem, QueueError> {
         let name = self.ring_name(lap);
         let seg = match segment::create_reserved(Some(&name), size) {
             // Left by a producer that died (or failed) between making it and publishing it.
@@ -557,8 +571,10 @@ impl Ring {
             offset: 0,
             units: (size / UNIT) as u32,
         };
+        // Before any `prod` names this lap: every later look-up of the lap sees this ring.
+        self.lap_id(lap).store(made, Ordering::Release);
         let mut mapped = self.mapped.lock().unwrap_or_else(PoisonError::into_inner);
-        mapped.prod = Some((lap, ring.clone()));
+        mapped.prod = Some((lap, made, ring.clone()));
         Ok(ring)
     }
 
@@ -680,6 +696,10 @@ impl Ring {
                     c.pos = 0;
                 }
                 ITEM => {
+                    if flags & FDS != 0 && self.side.is_none() {
+                        // Refused before it is taken: a handle with the channel gets it.
+                        return Err(QueueError::NoDescriptorChannel);
+                    }
                     out.clear();
                     out.resize(len as usize, 0);
                     if !ring.seg.map().read(ring.byte(c.pos) + UNIT, out) {
@@ -694,9 +714,9 @@ impl Ring {
         };
         self.cons().store(c.pack(), Ordering::SeqCst);
         let fds = if flags & FDS != 0 {
-            self.recv_fds(out)?
+            self.recv_fds(out)
         } else {
-            Vec::new()
+            Ok(Vec::new())
         };
         drop(guard);
         for seg in left {
@@ -704,6 +724,7 @@ impl Ring {
             let _ = seg.unlink();
         }
         self.after_take(p);
+        let fds = fds?;
         if flags & FDS != 0 {
             out.drain(..UNIT.min(out.len()));
         }
@@ -870,7 +891,7 @@ fn wait_for_bell(
 }
 
 /// How long a call that must not block waits for a queue's lock.
-const LOCK_PATIENCE: Duration = Duration::from_millis(2);
+const LOCK_PATIENCE: Duration = Duration::from_millis(100);
 
 fn corrupt_ring() -> QueueError {
     QueueError::Corrupt("the queue's memory holds a bad record".into())
