@@ -69,7 +69,7 @@ use crate::sync::deadline;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// This handle was closed ([`Queue::close`]): CPython's '<Queue> is closed'.
+    /// This handle was closed ([`Queue::close`]): CPython's `<Queue> is closed`.
     #[error("Queue is closed")]
     Closed,
     /// `task_done` was called more times than items were put.
@@ -238,7 +238,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// # Errors
     ///
     /// [`QueueError::Shm`] if its shared memory cannot be made (see
-    /// [`ShmError::Tracker`](crate::ShmError::Tracker) about the start-up hook).
+    /// [`ShmError::Tracker`] about the start-up hook).
     pub fn build(self) -> Result<Queue<T>, QueueError> {
         Queue::make(Kind::Queue, self.maxsize, self.capacity)
     }
