@@ -5,38 +5,13 @@ use std::time::Duration;
 
 mod common;
 
+use common::procs::{LONG, each_method, finish, start};
+
 use multiproc::{
-    Connection, Context, Event, GetError, JoinableQueue, Lock, Process, PutError, Queue,
-    QueueError, SimpleQueue, get_context, pipe,
+    Connection, Event, GetError, JoinableQueue, Lock, PutError, Queue, QueueError, SimpleQueue,
+    get_context, pipe,
 };
-use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
-
-const LONG: Duration = Duration::from_secs(20);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-fn each_method(mut f: impl FnMut(&Context)) {
-    for name in METHODS {
-        f(&get_context(name).unwrap());
-    }
-}
-
-fn start<A, R>(ctx: &Context, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    let mut p = ctx.process(f, args).daemon(true);
-    p.start().unwrap();
-    p
-}
-
-fn finish<R: DeserializeOwned>(mut p: Process<R>) -> R {
-    let m = p.start_method();
-    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
-    p.join_result()
-        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
-}
 
 fn produce((q, n): (Queue<u64>, u64)) {
     for i in 0..n {

@@ -22,45 +22,18 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use multiproc::{
-    Context, Event, GetError, JoinableQueue, Process, PutError, Queue, QueueError, SimpleQueue,
-    get_context,
-};
-use serde::de::DeserializeOwned;
+mod common;
+
+use common::procs::{LONG, each_method, finish, start};
+
+use multiproc::{Event, GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// The bound of every wait that should succeed.
-const LONG: Duration = Duration::from_secs(20);
 /// CPython's TIMEOUT1 and TIMEOUT3 (a timeout meant to expire).
 const TIMEOUT1: Duration = Duration::from_millis(100);
 const TIMEOUT3: Duration = Duration::from_millis(150);
 /// How late a timed call may return on a loaded 2-CPU machine.
 const SLACK: Duration = Duration::from_millis(1500);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-fn each_method(mut f: impl FnMut(&Context)) {
-    for name in METHODS {
-        f(&get_context(name).unwrap());
-    }
-}
-
-/// Starts a daemonic child (so a failing test never leaves one blocking the exit).
-fn start<A, R>(ctx: &Context, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    let mut p = ctx.process(f, args).daemon(true);
-    p.start().unwrap();
-    p
-}
-
-fn finish<R: DeserializeOwned>(mut p: Process<R>) -> R {
-    let m = p.start_method();
-    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
-    p.join_result()
-        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
-}
 
 /// Runs a call that has no timeout of its own (`put`, `get`, `join`) on a thread, and fails
 /// the test if it has not returned within [`LONG`].

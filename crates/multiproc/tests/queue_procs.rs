@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::procs::{LONG, METHODS, each_method, finish, start};
+
 use common::{shm_exists, shm_gone_soon};
 use multiproc::connection::{Client, Listener};
 use multiproc::{
@@ -34,36 +36,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-/// The bound of every wait that should succeed.
-const LONG: Duration = Duration::from_secs(20);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
 fn ctx(name: &str) -> Context {
     get_context(name).unwrap()
-}
-
-fn each_method(mut f: impl FnMut(&Context)) {
-    for name in METHODS {
-        f(&ctx(name));
-    }
-}
-
-/// Starts a daemonic child (so a failing test never leaves one blocking the exit).
-fn start<A, R>(ctx: &Context, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    let mut p = ctx.process(f, args).daemon(true);
-    p.start().unwrap();
-    p
-}
-
-fn finish<R: DeserializeOwned>(mut p: Process<R>) -> R {
-    let m = p.start_method();
-    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
-    p.join_result()
-        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
 }
 
 /// Kills `p` with SIGKILL and waits for it to be gone.

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::procs::{LONG, each_method, finish, start};
+
 use common::shm_exists;
 use multiproc::{
     AcquireError, Barrier, BoundedSemaphore, Condition, Connection, Context, Event, Lock,
@@ -24,39 +26,12 @@ use multiproc::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The bound of every wait that should succeed.
-const LONG: Duration = Duration::from_secs(20);
 /// How long a test watches for something that must not happen.
 const DELTA: Duration = Duration::from_millis(100);
 /// A timeout meant to expire (CPython's TIMEOUT1..3 are 0.1 to 0.3 s).
 const SHORT: Duration = Duration::from_millis(150);
 /// How late a timed wait may return (a loaded 2-CPU machine; a death check is 50 ms).
 const SLACK: Duration = Duration::from_millis(1500);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-fn each_method(mut f: impl FnMut(&Context)) {
-    for name in METHODS {
-        f(&get_context(name).unwrap());
-    }
-}
-
-/// Starts a daemonic child (so a failing test never leaves one blocking the exit).
-fn start<A, R>(ctx: &Context, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: Serialize + serde::de::DeserializeOwned,
-    R: Serialize + serde::de::DeserializeOwned,
-{
-    let mut p = ctx.process(f, args).daemon(true);
-    p.start().unwrap();
-    p
-}
-
-fn finish<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
-    let m = p.start_method();
-    assert!(p.join_timeout(LONG).unwrap(), "{m}: child did not end");
-    p.join_result()
-        .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
-}
 
 fn pid_of<R: serde::de::DeserializeOwned>(p: &Process<R>) -> u32 {
     p.pid().unwrap().expect("started")

@@ -4,6 +4,7 @@
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod procs;
 pub(crate) mod python;
 
 use std::io::{Read, Write};
