@@ -11,7 +11,7 @@
 //! - **An unbounded queue never blocks a put.** When the ring is full, the producer links a
 //!   ring twice as large after it (up to 64 MiB; then puts wait for room); once the queue
 //!   is empty again it goes back to the first size. Items too large for the first ring go to
-//!   a shared memory segment of their own, so an item of any size (64 MiB, 3 GiB) travels.
+//!   a shared memory segment of their own, so an item of any size travels (tested with 64 MiB).
 //! - **A killed process does not wedge the queue.** Each lock holds its owner's pid; the next
 //!   taker of a dead owner's lock goes on at once, because every change a holder makes to
 //!   the queue's state is one atomic store: whatever it was doing either happened or did
