@@ -1784,3 +1784,34 @@ fn processes_killed_with_sigkill_leave_nothing_in_dev_shm() {
         .collect();
     assert!(new.is_empty(), "{new:?}");
 }
+
+fn notify_and_die_holding(cond: Condition) {
+    let g = cond.acquire().ok().unwrap_or_else(|| panic!("acquire"));
+    cond.notify(1).unwrap();
+    std::mem::forget(g);
+}
+
+#[multiproc::test]
+fn a_waiter_without_timeout_learns_that_its_notifier_died_holding_the_lock() {
+    // The notify moves the waiter onto the lock's futex; the notifier then exits holding
+    // the lock. The waiter must not sleep there for ever: it takes the lock over and says so.
+    each_method(|ctx| {
+        let cond = Condition::new().unwrap();
+        let g = cond.acquire().ok().unwrap_or_else(|| panic!("acquire"));
+        let p = start(ctx, notify_and_die_holding, cond.clone());
+        // A watchdog, so a hang fails the run instead of blocking it.
+        let (done, watched) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if watched.recv_timeout(LONG).is_err() {
+                eprintln!("wait() hung after its notifier died holding the lock");
+                std::process::abort();
+            }
+        });
+        let r = cond.wait();
+        done.send(()).unwrap();
+        watchdog.join().unwrap();
+        assert!(matches!(r, Err(SyncError::OwnerDied)), "{r:?}");
+        std::mem::forget(g);
+        finish(p);
+    });
+}

@@ -10,7 +10,9 @@
 //!   `join_thread` and `cancel_join_thread` have nothing to do here and do not exist.
 //! - **An unbounded queue never blocks a put.** When the ring is full, the producer links a
 //!   ring twice as large after it (up to 64 MiB; then puts wait for room); once the queue
-//!   is empty again it goes back to the first size. Items too large for the first ring go to
+//!   is empty again it goes back to the first size. (Items holding descriptors are the
+//!   exception: their descriptors wait in a socket that holds a few hundred, and a put past
+//!   that waits for a consumer, or reports `Full` if it may not wait.) Items too large for the first ring go to
 //!   a shared memory segment of their own, so an item of any size travels (tested with 64 MiB).
 //! - **A killed process does not wedge the queue.** Each lock holds its owner's pid; the next
 //!   taker of a dead owner's lock goes on at once, because every change a holder makes to
@@ -776,7 +778,7 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         })
     }
 
-    /// Puts an item (never waits for room).
+    /// Puts an item (waits for room only as an unbounded [`Queue`] does: see its docs).
     ///
     /// # Errors
     ///

@@ -366,6 +366,13 @@ impl Ring {
         Ok(Cow::Owned(ring))
     }
 
+    /// Drops this process's mapping of a ring it has left for the first (a large ring's
+    /// memory then goes as soon as every process has let go of it).
+    fn forget(&self, slot: impl Fn(&mut Mapped) -> &mut Option<MappedRing>) {
+        let mut mapped = self.mapped.lock().unwrap_or_else(PoisonError::into_inner);
+        *slot(&mut mapped) = None;
+    }
+
     fn lap_id(&self, lap: u8) -> &AtomicU32 {
         self.word(W_LAP_IDS + usize::from(lap))
     }
@@ -444,17 +451,26 @@ impl Ring {
                     .map_or(item.bytes.len(), External::payload_len);
             match self.write_locked(p, c, &item, external.as_ref(), payload_len)? {
                 Some(next) => {
-                    if let Some(ext) = &external {
-                        ext.seg.send_part_of(&self.ctl).map_err(QueueError::Shm)?;
-                    }
                     if !item.fds.is_empty() {
-                        // A put that must not block does not wait for the socket either.
+                        // A put that must not block does not wait for the socket either; a
+                        // socket that stays full (items with descriptors nobody takes) is a
+                        // full queue.
                         let by = if block {
                             deadline
                         } else {
                             Some(Instant::now())
                         };
-                        self.send_fds(next.1, item.fds, by)?;
+                        match self.send_fds(next.1, item.fds, by) {
+                            Err(QueueError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                                return Err(PutFail::Full);
+                            }
+                            r => r?,
+                        }
+                    }
+                    // After the descriptors: a failed send leaves no part behind (the segment
+                    // goes with `external`).
+                    if let Some(ext) = &external {
+                        ext.seg.send_part_of(&self.ctl).map_err(QueueError::Shm)?;
                     }
                     self.prod().store(next.0.pack(), Ordering::SeqCst);
                     drop(guard);
@@ -491,6 +507,7 @@ impl Ring {
         if place_now == Place::NoRoom || shrink {
             // A larger ring, or once empty the first again, linked from this one.
             let (lap, next) = if shrink {
+                self.forget(|m| &mut m.prod);
                 (0, Cow::Borrowed(&self.first))
             } else {
                 let want = (ring.units as usize * 2).max(need * 4);
@@ -694,10 +711,15 @@ impl Ring {
                     }
                     c.lap = u8::try_from(len).map_err(|_| corrupt_ring())?;
                     c.pos = 0;
+                    if c.lap == 0 {
+                        self.forget(|m| &mut m.cons);
+                    }
                 }
                 ITEM => {
                     if flags & FDS != 0 && self.side.is_none() {
-                        // Refused before it is taken: a handle with the channel gets it.
+                        // Refused before it is taken: a handle with the channel gets it (and
+                        // one asleep is woken for it).
+                        self.wake_getters();
                         return Err(QueueError::NoDescriptorChannel);
                     }
                     out.clear();
@@ -718,11 +740,12 @@ impl Ring {
         } else {
             Ok(Vec::new())
         };
-        drop(guard);
         for seg in left {
-            // This process moved every consumer past the ring; its name can go.
+            // This process moved every consumer past the ring; its name can go (under the
+            // lock: a lap's name cannot come round again while it is held).
             let _ = seg.unlink();
         }
+        drop(guard);
         self.after_take(p);
         let fds = fds?;
         if flags & FDS != 0 {
@@ -860,14 +883,9 @@ fn ring_bell(bell: &AtomicU32, n: u32) {
     }
 }
 
-/// Sleeps on `bell` (counted in `sleepers`) unless `ready`, until rung or the deadline (in
-/// slices of at most [`DEATH_CHECK`](crate::sync::DEATH_CHECK)); false if the deadline had
+/// Sleeps on `bell` (counted in `sleepers`) unless `ready`, until rung or the deadline, in
+/// slices of at most [`DEATH_CHECK`](crate::sync::DEATH_CHECK); false if the deadline had
 /// passed.
-///
-/// Without a deadline the sleep has no timer, so it ends only when rung. The one thing that
-/// can then keep a sleeper asleep with its condition met is a ringer killed in the instant
-/// between its change (one store) and its ring: the sleeper then wakes at the next ring (the
-/// next put or get of anyone), and every other caller goes on normally.
 fn wait_for_bell(
     bell: &AtomicU32,
     sleepers: &AtomicU32,
@@ -880,9 +898,10 @@ fn wait_for_bell(
     sleepers.fetch_add(1, Ordering::SeqCst);
     let armed = bell.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
     if !ready() {
-        // Without a deadline, no timer: arming one costs more than a whole put (about 0.4 us
-        // a sleep on this VM).
-        sys::futex_wait(bell, armed, deadline.map(|_| sleep));
+        // In slices even without a deadline: a woken sleeper killed before it armed the bell
+        // again for the others (or a ringer killed between its change and its ring) costs
+        // the others at most a slice, never a hang.
+        sys::futex_wait(bell, armed, Some(sleep));
     }
     if sleepers.fetch_sub(1, Ordering::SeqCst) > 1 {
         bell.fetch_or(ARMED, Ordering::SeqCst);

@@ -294,8 +294,9 @@ impl Condition {
             // makes its system call) or came before that look.
             self.sleepers().fetch_add(1, Ordering::SeqCst);
             if self.epoch().load(Ordering::SeqCst) == epoch {
-                // Without a deadline, no timer (arming one costs more than the wake-up).
-                sys::futex_wait(self.epoch(), epoch, deadline.map(|_| d));
+                // Always in slices, even without a deadline: a notify may move this sleeper to
+                // the lock's futex, and only a slice's end lets it see the lock's owner die.
+                sys::futex_wait(self.epoch(), epoch, Some(d));
             }
             self.sleepers().fetch_sub(1, Ordering::SeqCst);
         }

@@ -167,8 +167,9 @@ impl Event {
             self.sleepers().fetch_add(1, Ordering::SeqCst);
             let sleep = next_sleep(deadline);
             if let Some(d) = sleep {
-                // Without a deadline, no timer (arming one costs more than the wake-up).
-                sys::futex_wait(self.state(), start, deadline.map(|_| d));
+                // In slices even without a deadline: a setter killed between its change and
+                // its wake costs a waiter at most a slice.
+                sys::futex_wait(self.state(), start, Some(d));
             }
             self.sleepers().fetch_sub(1, Ordering::SeqCst);
             if set_since() {
