@@ -708,23 +708,31 @@ pub(crate) fn fetch_adds(w: &SyncWords, n: u64) {
     }
 }
 
+/// Spins for up to `spin` (reading the clock once per 64 looks) until `look` gives a value.
+fn spin_for<T>(spin: std::time::Duration, look: impl Fn() -> Option<T>) -> Option<T> {
+    if spin.is_zero() {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..64 {
+            if let Some(v) = look() {
+                return Some(v);
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= spin {
+            return None;
+        }
+    }
+}
+
 /// Waits until `ready` holds for the ping-pong word: spinning on it for up to `spin`
 /// first, then sleeping on it (`FUTEX_WAIT`) with [`WAITER`] set.
 fn wait_turn(word: &AtomicU32, ready: impl Fn(u32) -> bool, spin: std::time::Duration) -> u32 {
-    if !spin.is_zero() {
-        let start = std::time::Instant::now();
-        loop {
-            for _ in 0..64 {
-                let v = word.load(Ordering::Acquire);
-                if ready(v) {
-                    return v;
-                }
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
-        }
+    let look = || Some(word.load(Ordering::Acquire)).filter(|&v| ready(v));
+    if let Some(v) = spin_for(spin, look) {
+        return v;
     }
     loop {
         let v = word.load(Ordering::Acquire);
@@ -943,20 +951,9 @@ fn wait_moved(
     sleeps: &AtomicU32,
     spin: std::time::Duration,
 ) -> u64 {
-    if !spin.is_zero() {
-        let start = std::time::Instant::now();
-        loop {
-            for _ in 0..64 {
-                let v = counter.load(Ordering::Acquire);
-                if v != seen {
-                    return v;
-                }
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
-        }
+    let look = || Some(counter.load(Ordering::Acquire)).filter(|&v| v != seen);
+    if let Some(v) = spin_for(spin, look) {
+        return v;
     }
     loop {
         let v = counter.load(Ordering::Acquire);
