@@ -199,3 +199,31 @@ fn growing_and_shrinking_hundreds_of_times_keeps_every_item_in_order() {
     }
     assert!(q.empty());
 }
+
+#[multiproc::test]
+fn a_refused_item_does_not_keep_the_shared_objects_it_held() {
+    // The item's Lock is encoded by name (and counted in transit) before the put finds the
+    // queue full; the refused encoding must not keep the Lock's memory alive.
+    let q = Queue::new(1).unwrap();
+    q.put(Lock::new().unwrap()).unwrap();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let lock = Lock::new().unwrap();
+        let debug = format!("{lock:?}");
+        let name = debug
+            .split('"')
+            .nth(1)
+            .expect("a name in the Debug form")
+            .to_owned();
+        assert!(common::shm_exists(&name));
+        let back = match q.try_put(lock) {
+            Err(PutError::Full(back)) => back,
+            other => panic!("{other:?}"),
+        };
+        drop(back);
+        names.push(name);
+    }
+    for name in &names {
+        assert!(common::shm_gone_soon(name), "{name} outlived every handle");
+    }
+}

@@ -29,6 +29,8 @@ pub(crate) const MAX_PER_MESSAGE: usize = 253;
 struct Outgoing {
     fds: Vec<OwnedFd>,
     segments_by_name: bool,
+    /// Names of tracked segments encoded without their descriptor (each counted in transit).
+    sent_by_name: Vec<String>,
 }
 
 thread_local! {
@@ -39,22 +41,44 @@ thread_local! {
 /// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
 /// descriptors the value holds, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    outgoing(false, f)
+    let (r, scope) = outgoing(false, f);
+    (r, scope.fds)
 }
 
 /// As [`encoding`], but shared-memory objects in the value travel by name (see the module
 /// docs); only true descriptors are collected.
-pub(crate) fn encoding_segments_by_name<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    outgoing(true, f)
+/// Also returns the names of the tracked segments that went by name, so that an encoding
+/// that is then thrown away can take their transits back.
+pub(crate) fn encoding_segments_by_name<R>(
+    f: impl FnOnce() -> R,
+) -> (R, Vec<OwnedFd>, Vec<String>) {
+    let (r, scope) = outgoing(true, f);
+    (r, scope.fds, scope.sent_by_name)
 }
 
-fn outgoing<R>(segments_by_name: bool, f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+fn outgoing<R>(segments_by_name: bool, f: impl FnOnce() -> R) -> (R, Outgoing) {
     let scope = Outgoing {
         fds: Vec::new(),
         segments_by_name,
+        sent_by_name: Vec::new(),
     };
     let (r, scope) = scoped(&OUTGOING, scope, f);
-    (r, scope.map(|s| s.fds).unwrap_or_default())
+    let scope = scope.unwrap_or(Outgoing {
+        fds: Vec::new(),
+        segments_by_name,
+        sent_by_name: Vec::new(),
+    });
+    (r, scope)
+}
+
+/// Records that a tracked segment named `name` was just encoded by name (in transit), if an
+/// outgoing scope is open.
+pub(crate) fn note_sent_by_name(name: &str) {
+    OUTGOING.with(|o| {
+        if let Some(s) = o.borrow_mut().as_mut() {
+            s.sent_by_name.push(name.to_owned());
+        }
+    });
 }
 
 /// Runs `f` (which decodes a value) in an incoming scope holding `fds`. Descriptors the value

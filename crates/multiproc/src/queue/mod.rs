@@ -437,11 +437,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Failed(QueueError::Closed, item));
         }
+        let mut by_name = Vec::new();
         let r = with_scratch(|buf| {
-            let (encoded, fds) = fds::encoding_segments_by_name(|| Postcard::encode(&item, buf));
+            let (encoded, fds, names) =
+                fds::encoding_segments_by_name(|| Postcard::encode(&item, buf));
+            by_name = names;
             encoded.map_err(|e| PutFail::Error(e.into()))?;
             self.ring.put(buf, &fds, block, deadline)
         });
+        if r.is_err() {
+            // The encoding is thrown away: the shared objects it named are not in transit.
+            Segment::take_back_transits(&by_name);
+        }
         match r {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(PutError::Full(item)),

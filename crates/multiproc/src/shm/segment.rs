@@ -336,6 +336,9 @@ impl Serialize for Segment {
         // happens, but its *name* must also outlive this handle until the receiver holds it
         // (it may attach by name, or pass the name on to CPython).
         self.send_in_transit().map_err(ser::Error::custom)?;
+        if self.tracked && fd.is_none() {
+            fds::note_sent_by_name(&self.name);
+        }
         Wire {
             name: self.name.as_str(),
             tracking: if self.tracked {
@@ -387,6 +390,16 @@ impl Segment {
                 .map_err(ShmError::Tracker)?;
         }
         Ok(())
+    }
+
+    /// Takes back the transits of encodings that were never sent (a queue put that failed),
+    /// so their segments do not outlive every handle.
+    pub(crate) fn take_back_transits(names: &[String]) {
+        for name in names {
+            // A transit turned into this process's hold, then let go.
+            tracker::send_quietly(&Msg::Received(name.clone()));
+            tracker::send_quietly(&Msg::Detached(name.clone()));
+        }
     }
 
     /// Opens a name that came without its descriptor, taking over one transit.
