@@ -449,6 +449,20 @@ pub(crate) fn run_child(
     exit_child(code)
 }
 
+/// Runs one task of a pool worker (on the target's thread), catching a panic: its message and
+/// location, as the hook recorded them, come back as the error.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
+    LAST_PANIC.with(|p| *p.borrow_mut() = None);
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(payload.as_ref());
+        let location = LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .filter(|(recorded, _)| *recorded == message)
+            .and_then(|(_, location)| location);
+        (message, location)
+    })
+}
+
 /// Ends a child process: CPython's rule for its own children, flush, `_exit`.
 pub(crate) fn exit_child(code: i32) -> ! {
     registry::finish_children();

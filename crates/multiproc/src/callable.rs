@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::codec;
+use crate::codec::{self, Codec};
 use crate::sys;
 
 /// What a runner returns: the encoded result of the target, or why it could not run.
@@ -219,6 +219,212 @@ impl Callable {
         // - the address lies inside our executable image (checked just above).
         let runner = unsafe { std::mem::transmute::<usize, Runner>(runner) };
         Ok(Self { runner, target })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool tasks
+
+/// A function a pool worker can run on a batch of items: `fn(A) -> R` and `fn(A, B) -> R`
+/// (whose items are pairs, for `starmap`). Implemented only for function pointers, so a value
+/// of it is always a code address.
+pub trait TaskFn: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// One item of input.
+    type Item: Serialize + DeserializeOwned;
+    /// What the function returns for one item.
+    type Output: Serialize + DeserializeOwned;
+    /// Calls the function on one item.
+    fn call_item(self, item: Self::Item) -> Self::Output;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<A, R> Sealed for fn(A) -> R {}
+    impl<A, B, R> Sealed for fn(A, B) -> R {}
+}
+
+impl<A, R> TaskFn for fn(A) -> R
+where
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Item = A;
+    type Output = R;
+    fn call_item(self, item: A) -> R {
+        self(item)
+    }
+}
+
+impl<A, B, R> TaskFn for fn(A, B) -> R
+where
+    A: Serialize + DeserializeOwned + 'static,
+    B: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Item = (A, B);
+    type Output = R;
+    fn call_item(self, (a, b): (A, B)) -> R {
+        self(a, b)
+    }
+}
+
+/// How one item of a task ended, as the first byte of its entry in the task's output.
+pub(crate) const ITEM_RETURNED: u8 = 0;
+/// The item panicked: a postcard `(message, Option<location>)` follows.
+pub(crate) const ITEM_PANICKED: u8 = 1;
+
+/// The type-erased entry of a pool task: decodes a `Vec` of items, calls the target on each
+/// (catching a panic per item), and appends one entry per item to `out`; returns the
+/// descriptors the results hold.
+pub(crate) type TaskRunner = fn(usize, &[u8], Vec<OwnedFd>, &mut Vec<u8>) -> TaskRun;
+
+/// What a task runner returns: the descriptors of the results, or why nothing ran.
+pub(crate) type TaskRun = Result<TaskRunOk, RunError>;
+
+/// What a task's run produced besides the entries.
+pub(crate) struct TaskRunOk {
+    /// The descriptors the results hold.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The shared objects the results name (in transit until the pool decodes them).
+    pub(crate) by_name: Vec<String>,
+    /// Some item panicked.
+    pub(crate) panicked: bool,
+}
+
+fn run_items<F: TaskFn>(
+    target: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+) -> TaskRun {
+    // SAFETY:
+    // - `target` was produced by `TaskCallable::new::<F>` from a value of `F` (in this
+    //   process, or in the parent, an identical image: the worker's bootstrap checked the build
+    //   identity, and the address was rebuilt from the same anchor), and this monomorphisation
+    //   is the runner paired with it, so the address is a function of exactly the type `F`;
+    // - `F` is a function pointer type (`TaskFn` is sealed), the size of `usize`.
+    let f = unsafe { std::mem::transmute_copy::<usize, F>(&target) };
+    let items: Vec<F::Item> =
+        codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
+            .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
+    let mut panicked = false;
+    let (encoded, fds, by_name) = codec::fds::encoding_segments_by_name(|| {
+        for item in items {
+            match crate::bootstrap::catch_panic(|| f.call_item(item)) {
+                Ok(r) => {
+                    out.push(ITEM_RETURNED);
+                    codec::Postcard::encode(&r, out)?;
+                }
+                Err(panic) => {
+                    panicked = true;
+                    out.push(ITEM_PANICKED);
+                    codec::Postcard::encode(&panic, out)?;
+                }
+            }
+        }
+        Ok::<(), codec::CodecError>(())
+    });
+    match encoded {
+        Ok(()) => Ok(TaskRunOk {
+            fds,
+            by_name,
+            panicked,
+        }),
+        Err(e) => Err(RunError::EncodeResult(e.to_string())),
+    }
+}
+
+/// A pool task's function: its runner and its address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskCallable {
+    runner: TaskRunner,
+    target: usize,
+}
+
+impl TaskCallable {
+    /// Wraps a task function; the types travel in the runner.
+    pub(crate) fn new<F: TaskFn>(f: F) -> Self {
+        // SAFETY:
+        // - `F` is a function pointer type (sealed), as large as `usize`: copying its bits
+        //   gives the code address.
+        let target = unsafe { std::mem::transmute_copy::<F, usize>(&f) };
+        Self {
+            runner: run_items::<F>,
+            target,
+        }
+    }
+
+    /// Runs it here on encoded items, appending the entries to `out`.
+    pub(crate) fn call(&self, args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> TaskRun {
+        (self.runner)(self.target, args, fds, out)
+    }
+
+    /// The offsets that cross to a worker: `(runner, target)`.
+    pub(crate) fn to_offsets(self) -> Result<(u64, u64), CallableError> {
+        let base = anchor();
+        let runner = self.runner as usize;
+        check_in_image(runner)?;
+        check_in_image(self.target)?;
+        Ok((
+            runner.wrapping_sub(base) as u64,
+            self.target.wrapping_sub(base) as u64,
+        ))
+    }
+
+    /// Rebuilds a task function from offsets its pool sent.
+    ///
+    /// Only a pool worker calls this, on offsets read from its own task queue, which only
+    /// its parent (whose build identity the worker's bootstrap checked) writes.
+    pub(crate) fn from_offsets(runner: u64, target: u64) -> Result<Self, CallableError> {
+        let base = anchor();
+        let runner = base.wrapping_add(runner as usize);
+        let target = base.wrapping_add(target as usize);
+        check_in_image(runner)?;
+        check_in_image(target)?;
+        // SAFETY:
+        // - the pool computed the runner offset as (address of a `TaskRunner`) - anchor in an
+        //   image with our build identity (checked by the worker's bootstrap), so adding our
+        //   anchor gives that same function here, of type `TaskRunner`;
+        // - the address lies inside our executable image (checked just above).
+        let runner = unsafe { std::mem::transmute::<usize, TaskRunner>(runner) };
+        Ok(Self { runner, target })
+    }
+}
+
+/// A function that travels inside a Process's arguments (a pool worker's initializer): as an
+/// offset from the anchor, rebuilt only while the arguments of this very process are decoded
+/// (after the bootstrap compared build identities), never from any other source.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TrustedFn<F: TaskFn>(pub(crate) F);
+
+impl<F: TaskFn> Serialize for TrustedFn<F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // SAFETY:
+        // - `F` is a function pointer type (sealed), as large as `usize`.
+        let addr = unsafe { std::mem::transmute_copy::<F, usize>(&self.0) };
+        check_in_image(addr).map_err(serde::ser::Error::custom)?;
+        s.serialize_u64(addr.wrapping_sub(anchor()) as u64)
+    }
+}
+
+impl<'de, F: TaskFn> Deserialize<'de> for TrustedFn<F> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let offset = u64::deserialize(d)?;
+        if !in_trusted_decoding() {
+            return Err(serde::de::Error::custom(
+                "a function can reach another process only as a Process argument",
+            ));
+        }
+        let addr = anchor().wrapping_add(offset as usize);
+        check_in_image(addr).map_err(serde::de::Error::custom)?;
+        // SAFETY:
+        // - we decode a Process's arguments from its parent (trusted decoding), whose image
+        //   has our build identity (the bootstrap compared them); the parent serialized this
+        //   field, of this same type `TrustedFn<F>`, from a value of `F`, as its offset from
+        //   the same anchor: the address is a function of type `F` here too;
+        // - the address lies inside our executable image (checked just above);
+        // - `F` is a function pointer type (sealed), as large as `usize`.
+        Ok(Self(unsafe { std::mem::transmute_copy::<usize, F>(&addr) }))
     }
 }
 

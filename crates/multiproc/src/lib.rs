@@ -174,6 +174,7 @@ pub mod connection;
 mod context;
 mod error;
 pub mod guide;
+pub mod pool;
 mod process;
 pub mod queue;
 pub mod shm;
@@ -193,6 +194,10 @@ pub use context::{
 };
 pub use error::{ChildError, ContextError, ProcessError};
 pub use multiproc_macros::{main, test};
+pub use pool::{
+    AsyncResult, IMap, IMapUnordered, MapOptions, Pool, PoolBuilder, PoolError, TaskError, TaskFn,
+    WorkerStats,
+};
 pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,
 };

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-mod ring;
+pub(crate) mod ring;
 
 use ring::{PutFail, Ring, Side, TakeFail, with_scratch};
 
@@ -550,6 +550,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 bytes: buf.clone(),
             })
         })
+    }
+
+    /// Puts an item already encoded (the pool's records): its bytes and descriptors.
+    pub(crate) fn put_raw(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), PutFail> {
+        self.ring.put(bytes, fds, block, deadline)
+    }
+
+    /// Takes an item without decoding it: its bytes into `out`, and its descriptors.
+    pub(crate) fn take_raw(
+        &self,
+        block: bool,
+        deadline: Option<Instant>,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, TakeFail> {
+        self.ring.take(block, deadline, out)
     }
 
     /// How many items are in the queue now (exact at the instant it is read; others may

@@ -1,0 +1,1304 @@
+//! The pool's engine, free of the task types: workers, the tasks waiting for them, what each
+//! worker holds, and the results as they come back. The typed layer (`mod.rs`, `result.rs`)
+//! encodes tasks and decodes results; everything here moves bytes.
+//!
+//! Who does what (see `README.md` in this directory):
+//!
+//! - **Dispatching** (moving waiting tasks into workers' queues) is done by whichever thread
+//!   holds the state lock when something changes: a submission, a result, a worker's exit.
+//! - **Collecting** (reading the result queue) is a role, held by one thread at a time: a
+//!   caller waiting for its results takes it, so a result goes straight to the thread that
+//!   wants it; when nobody waits, the background thread takes it (after a grace period, or at
+//!   once when callbacks or futures need it).
+//! - **Watching** (noticing that a worker ended, and enforcing time limits) is the watcher
+//!   thread's: it posts an `EXITED` record into the result queue, so the collector learns of
+//!   the exit after every result the worker sent before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::error::{ChildError, ProcessError};
+use crate::process::Process;
+use crate::queue::Queue;
+use crate::queue::ring::{PutFail, TakeFail};
+use crate::shm::segment::Segment;
+use crate::sys;
+
+use super::wire::{self, ResultHeader, TaskHeader};
+use super::{Encoded, PoolError, TaskError, WorkerStats};
+
+/// The marker type of the pool's internal queues, whose records are raw bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Record;
+
+/// How long the background thread lets results wait for a caller to collect them before it
+/// collects them itself (callbacks and futures do not wait).
+const GRACE: Duration = Duration::from_millis(2);
+
+/// The longest sleep of the background threads: they notice a dropped pool within this.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How much work (by the running average of task time) a worker's queue should hold, so that
+/// a worker finishing a task finds the next one waiting without hoarding long tasks.
+const QUEUE_AHEAD: Duration = Duration::from_micros(200);
+
+/// The most tasks a worker's queue holds.
+const MAX_DEPTH: usize = 64;
+
+/// How many consecutive initializer failures (with no task finished in between) break the
+/// pool, beyond the number of its processes: an initializer that always fails would
+/// otherwise replace workers forever.
+const INIT_FAILURES_SPARE: u32 = 2;
+
+/// Makes a worker process (not yet started) for a serial number and the queues it uses.
+pub(crate) type Factory =
+    Box<dyn Fn(WorkerQueues) -> Result<Process<()>, ProcessError> + Send + Sync>;
+
+/// The queues a new worker gets.
+pub(crate) struct WorkerQueues {
+    pub(crate) serial: u32,
+    pub(crate) tasks: Queue<Record>,
+    pub(crate) results: Queue<Record>,
+}
+
+/// The pool's life: CPython's RUN, CLOSE, TERMINATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    Closed,
+    Terminated,
+}
+
+/// The encoded result of one task: one entry per item.
+pub(crate) struct Raw {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) items: u32,
+}
+
+/// How one task ended.
+pub(crate) type Outcome = Result<Raw, TaskError>;
+
+/// Why the pool killed a worker on purpose.
+#[derive(Clone, Copy, Debug)]
+enum KillReason {
+    TimeLimit(Duration),
+}
+
+/// A task the pool knows of: waiting (it holds its record) or in a worker's queue.
+struct Task {
+    batch: u64,
+    /// Its place in the batch.
+    index: u64,
+    /// The record (header and body) while the task waits in the pool.
+    record: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// Shared objects its arguments name (taken back if it is never sent).
+    by_name: Vec<String>,
+    /// The worker whose queue holds it.
+    worker: Option<u32>,
+    /// How many items it holds.
+    count: u32,
+    time_limit: Option<Duration>,
+    killed: Option<KillReason>,
+}
+
+/// What a batch does when it completes, in the thread that completed it.
+pub(crate) type OnComplete = Box<dyn FnOnce(&mut BatchOutcomes) + Send>;
+
+/// The finished tasks of a batch, by index, not yet taken by its consumer.
+#[derive(Default)]
+pub(crate) struct BatchOutcomes {
+    pub(crate) ready: HashMap<u64, Outcome>,
+    /// Indices in the order their tasks finished (for `imap_unordered`).
+    pub(crate) arrival: VecDeque<u64>,
+    /// Whatever the completion callback made of them (a decoded value).
+    pub(crate) decoded: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// A group of tasks submitted together (one `apply_async`, one `map`), with one consumer.
+struct Batch {
+    /// Tasks submitted so far.
+    submitted: u64,
+    /// Tasks finished so far.
+    finished: u64,
+    /// Whether more tasks may come (lazy input still being read).
+    open: bool,
+    /// Whether some task failed (an error, or an item that panicked).
+    failed: bool,
+    outcomes: BatchOutcomes,
+    waker: Option<Waker>,
+    on_complete: Option<OnComplete>,
+    /// Whether the consumer still wants it (a dropped handle discards its results).
+    wanted: bool,
+    /// Counted in `State::urgent`: a callback or a future waits for it.
+    urgent: bool,
+    /// Its completion callback is running (its outcomes are out of the batch meanwhile).
+    completing: bool,
+}
+
+impl Batch {
+    fn new(on_complete: Option<OnComplete>) -> Self {
+        Self {
+            submitted: 0,
+            finished: 0,
+            open: true,
+            failed: false,
+            outcomes: BatchOutcomes::default(),
+            waker: None,
+            urgent: on_complete.is_some(),
+            on_complete,
+            wanted: true,
+            completing: false,
+        }
+    }
+
+    /// Every task has finished.
+    fn finished_all(&self) -> bool {
+        !self.open && self.finished == self.submitted
+    }
+
+    /// Every task has finished and the completion callback (if any) has run.
+    fn complete(&self) -> bool {
+        self.finished_all() && self.on_complete.is_none() && !self.completing
+    }
+}
+
+/// One live worker as the pool sees it.
+struct Worker {
+    serial: u32,
+    process: Process<()>,
+    pid: u32,
+    tasks: Queue<Record>,
+    /// A copy of its pidfd, for the watcher.
+    sentinel: Arc<OwnedFd>,
+    /// Tasks in its queue or running, oldest (the one running) first.
+    assigned: VecDeque<u64>,
+    /// When the first task of `assigned` started, as far as the pool knows (at the latest).
+    since: Instant,
+    /// Tasks it may still be given (`maxtasksperchild`); `u64::MAX` without a limit.
+    budget: u64,
+    /// It was sent STOP (or was killed on purpose): it gets nothing more.
+    stopping: bool,
+    /// The watcher has posted its exit.
+    exit_posted: bool,
+    /// Its initializer failed (it said so before exiting).
+    init_failed: Option<(String, Option<String>)>,
+    stats: WorkerStats,
+    born: Instant,
+}
+
+/// Everything the engine guards with one lock.
+struct State {
+    phase: Phase,
+    workers: Vec<Worker>,
+    next_serial: u32,
+    pending: VecDeque<u64>,
+    tasks: HashMap<u64, Task>,
+    batches: HashMap<u64, Batch>,
+    next_task: u64,
+    next_batch: u64,
+    /// Threads waiting on `changed`.
+    waiters: usize,
+    /// Batches whose completion must not wait for a caller (callbacks, futures).
+    urgent: usize,
+    last_collect: Instant,
+    /// Running average of how long a task runs in a worker, in nanoseconds.
+    avg_task_ns: u64,
+    init_failures: u32,
+    broken: Option<String>,
+    /// Figures of workers that have ended.
+    retired: Vec<WorkerStats>,
+    /// The background threads should end.
+    shutdown: bool,
+}
+
+/// The engine shared by a [`Pool`](super::Pool), its results and its background threads.
+pub(crate) struct Engine {
+    state: Mutex<State>,
+    /// Signalled when a task finishes, the collecting role is released, or the pool ends.
+    changed: Condvar,
+    /// Wakes the background collector.
+    background: Condvar,
+    results: Queue<Record>,
+    /// The collecting role.
+    collecting: Mutex<()>,
+    factory: Factory,
+    processes: usize,
+    maxtasks: u64,
+    /// Names workers: `ForkPoolWorker`, ...
+    worker_name: String,
+}
+
+/// Locks a mutex whatever happened to a thread that held it: the pool's state stays
+/// consistent at every unlock, and a panicking callback runs outside the lock.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// Starts `processes` workers and the background threads.
+    pub(crate) fn start(
+        processes: usize,
+        maxtasks: u64,
+        worker_name: String,
+        factory: Factory,
+    ) -> Result<Arc<Self>, PoolError> {
+        let results = Queue::<Record>::builder()
+            .capacity(1 << 20)
+            .build()
+            .map_err(|e| PoolError::Queue(Arc::new(e)))?;
+        let engine = Arc::new(Self {
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                workers: Vec::with_capacity(processes),
+                next_serial: 1,
+                pending: VecDeque::new(),
+                tasks: HashMap::new(),
+                batches: HashMap::new(),
+                next_task: 1,
+                next_batch: 1,
+                waiters: 0,
+                urgent: 0,
+                last_collect: Instant::now(),
+                avg_task_ns: 0,
+                init_failures: 0,
+                broken: None,
+                retired: Vec::new(),
+                shutdown: false,
+            }),
+            changed: Condvar::new(),
+            background: Condvar::new(),
+            results,
+            collecting: Mutex::new(()),
+            factory,
+            processes,
+            maxtasks,
+            worker_name,
+        });
+        {
+            let mut st = lock(&engine.state);
+            for _ in 0..processes {
+                if let Err(e) = engine.start_worker(&mut st) {
+                    st.shutdown = true;
+                    drop(st);
+                    engine.terminate();
+                    return Err(e);
+                }
+            }
+        }
+        let weak = Arc::downgrade(&engine);
+        std::thread::Builder::new()
+            .name("multiproc-pool-watch".to_owned())
+            .spawn(move || watch(&weak))
+            .map_err(|e| PoolError::Thread(Arc::new(e)))?;
+        let weak = Arc::downgrade(&engine);
+        std::thread::Builder::new()
+            .name("multiproc-pool-results".to_owned())
+            .spawn(move || background(&weak))
+            .map_err(|e| PoolError::Thread(Arc::new(e)))?;
+        Ok(engine)
+    }
+
+    pub(crate) fn processes(&self) -> usize {
+        self.processes
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        lock(&self.state).phase
+    }
+
+    /// Starts one worker into `st.workers`.
+    fn start_worker(&self, st: &mut State) -> Result<(), PoolError> {
+        let serial = st.next_serial;
+        st.next_serial = st.next_serial.wrapping_add(1).max(1);
+        let tasks = Queue::<Record>::builder()
+            .capacity(64 << 10)
+            .build()
+            .map_err(|e| PoolError::Queue(Arc::new(e)))?;
+        let mut process = (self.factory)(WorkerQueues {
+            serial,
+            tasks: tasks.clone(),
+            results: self.results.clone(),
+        })
+        .map_err(|e| PoolError::Start(Arc::new(e)))?;
+        process = process
+            .name(format!("{}-{serial}", self.worker_name))
+            .daemon(true);
+        process.start().map_err(|e| PoolError::Start(Arc::new(e)))?;
+        let pid = process.pid().ok().flatten().unwrap_or(0);
+        let sentinel = process
+            .sentinel()
+            .and_then(|fd| fd.try_clone_to_owned().map_err(ProcessError::Io))
+            .map_err(|e| PoolError::Start(Arc::new(e)))?;
+        let now = Instant::now();
+        st.workers.push(Worker {
+            serial,
+            process,
+            pid,
+            tasks,
+            sentinel: Arc::new(sentinel),
+            assigned: VecDeque::new(),
+            since: now,
+            budget: if self.maxtasks == 0 {
+                u64::MAX
+            } else {
+                self.maxtasks
+            },
+            stopping: false,
+            exit_posted: false,
+            init_failed: None,
+            stats: WorkerStats {
+                id: serial,
+                pid,
+                ..WorkerStats::default()
+            },
+            born: now,
+        });
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Submitting
+
+    /// Opens a batch, to which [`add_task`](Self::add_task) adds tasks until
+    /// [`seal`](Self::seal). `on_complete` runs once every task has finished.
+    pub(crate) fn new_batch(&self, on_complete: Option<OnComplete>) -> Result<u64, PoolError> {
+        let mut st = lock(&self.state);
+        if st.phase != Phase::Running {
+            return Err(PoolError::NotRunning);
+        }
+        let id = st.next_batch;
+        st.next_batch += 1;
+        let batch = Batch::new(on_complete);
+        if batch.urgent {
+            st.urgent += 1;
+        }
+        st.batches.insert(id, batch);
+        Ok(id)
+    }
+
+    /// Adds one task to a batch: encoded items for the function at `offsets`. Dispatches at
+    /// once if a worker has room. Returns the task's index in the batch.
+    pub(crate) fn add_task(
+        &self,
+        batch: u64,
+        offsets: (u64, u64),
+        items: Encoded,
+        time_limit: Option<Duration>,
+    ) -> Result<u64, PoolError> {
+        let Encoded {
+            body,
+            fds,
+            by_name,
+            count,
+        } = items;
+        let mut st = lock(&self.state);
+        if st.phase == Phase::Terminated {
+            Segment::take_back_transits(&by_name);
+            return Err(PoolError::NotRunning);
+        }
+        let id = st.next_task;
+        st.next_task += 1;
+        let mut record = Vec::with_capacity(wire::HEADER + body.len());
+        TaskHeader {
+            id,
+            kind: wire::TASK_RUN,
+            count,
+            runner: offsets.0,
+            target: offsets.1,
+        }
+        .write(&mut record);
+        record.extend_from_slice(&body);
+        let Some(b) = st.batches.get_mut(&batch) else {
+            Segment::take_back_transits(&by_name);
+            return Err(PoolError::NotRunning);
+        };
+        let index = b.submitted;
+        b.submitted += 1;
+        st.tasks.insert(
+            id,
+            Task {
+                batch,
+                index,
+                record,
+                fds,
+                by_name,
+                worker: None,
+                count,
+                time_limit,
+                killed: None,
+            },
+        );
+        st.pending.push_back(id);
+        if let Some(reason) = st.broken.clone() {
+            self.fail_pending(&mut st, &TaskError::InitializerFailed(reason));
+        }
+        self.dispatch(&mut st);
+        drop(st);
+        self.run_deferred_if_any();
+        Ok(index)
+    }
+
+    /// No more tasks will be added to `batch`.
+    pub(crate) fn seal(&self, batch: u64) {
+        let mut st = lock(&self.state);
+        if let Some(b) = st.batches.get_mut(&batch) {
+            b.open = false;
+            if b.finished_all() {
+                let done = Self::take_completion(&mut st, batch);
+                Self::defer_completions(batch, done);
+            }
+        }
+        self.wake_waiters(&st);
+        drop(st);
+        self.run_deferred_if_any();
+    }
+
+    /// Moves waiting tasks into workers' queues while some worker has room.
+    fn dispatch(&self, st: &mut State) {
+        let depth = depth_for(st.avg_task_ns);
+        while let Some(&id) = st.pending.front() {
+            let Some(w) = st
+                .workers
+                .iter_mut()
+                .filter(|w| !w.stopping && w.budget > 0 && w.assigned.len() < depth)
+                .min_by_key(|w| w.assigned.len())
+            else {
+                return;
+            };
+            let Some(task) = st.tasks.get_mut(&id) else {
+                st.pending.pop_front();
+                continue;
+            };
+            match w.tasks.put_raw(&task.record, &task.fds, false, None) {
+                Ok(()) => {
+                    st.pending.pop_front();
+                    task.record = Vec::new();
+                    task.fds.clear();
+                    task.worker = Some(w.serial);
+                    if w.assigned.is_empty() {
+                        w.since = Instant::now();
+                    }
+                    w.assigned.push_back(id);
+                    w.budget -= 1;
+                    if w.budget == 0 {
+                        // It exits after this task: nothing more goes to it.
+                        w.stopping = true;
+                    }
+                }
+                // Its queue is busy (its lock held for long): try again at the next change.
+                Err(PutFail::Full) => return,
+                Err(PutFail::Error(e)) => {
+                    st.pending.pop_front();
+                    let task = st.tasks.remove(&id);
+                    if let Some(task) = task {
+                        Segment::take_back_transits(&task.by_name);
+                        let done = Self::finish(
+                            st,
+                            &task,
+                            Err(TaskError::Pool(PoolError::Queue(Arc::new(e)))),
+                        );
+                        Self::defer_completions(task.batch, done);
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Completing
+
+    /// Records a task's outcome in its batch; returns the batch's completion work if this
+    /// completed it.
+    fn finish(st: &mut State, task: &Task, outcome: Outcome) -> Option<OnComplete> {
+        let b = st.batches.get_mut(&task.batch)?;
+        b.finished += 1;
+        if outcome.is_err() {
+            b.failed = true;
+        }
+        if b.wanted {
+            b.outcomes.ready.insert(task.index, outcome);
+            b.outcomes.arrival.push_back(task.index);
+        }
+        if let Some(w) = b.waker.take() {
+            w.wake();
+        }
+        if b.finished_all() {
+            return Self::take_completion(st, task.batch);
+        }
+        None
+    }
+
+    /// A batch's tasks have all finished: wake its future, hand out its callback (which
+    /// runs outside the lock), forget it if its consumer is gone.
+    fn take_completion(st: &mut State, batch: u64) -> Option<OnComplete> {
+        let b = st.batches.get_mut(&batch)?;
+        if let Some(w) = b.waker.take() {
+            w.wake();
+        }
+        if b.urgent {
+            b.urgent = false;
+            st.urgent = st.urgent.saturating_sub(1);
+        }
+        let b = st.batches.get_mut(&batch)?;
+        let done = b.on_complete.take();
+        if done.is_some() {
+            b.completing = true;
+        } else if !b.wanted {
+            st.batches.remove(&batch);
+        }
+        done
+    }
+
+    /// Completion work found while the state is locked runs after it is unlocked.
+    fn defer_completions(batch: u64, done: Option<OnComplete>) {
+        if let Some(f) = done {
+            DEFERRED.with(|d| d.borrow_mut().push((batch, f)));
+        }
+    }
+
+    /// Runs a completion callback (outside the state lock: a callback may use the pool).
+    fn run_completion(&self, batch: u64, f: OnComplete) {
+        let mut outcomes = {
+            let mut st = lock(&self.state);
+            match st.batches.get_mut(&batch) {
+                Some(b) => std::mem::take(&mut b.outcomes),
+                None => return,
+            }
+        };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut outcomes)));
+        let mut st = lock(&self.state);
+        if let Some(b) = st.batches.get_mut(&batch) {
+            b.outcomes = outcomes;
+            b.completing = false;
+            if !b.wanted {
+                st.batches.remove(&batch);
+            }
+        }
+        self.changed.notify_all();
+        drop(st);
+        if let Err(payload) = ran {
+            // A callback's panic is the program's, not the pool's: let it show.
+            std::panic::resume_unwind(payload);
+        }
+    }
+
+    fn run_deferred(&self) {
+        let work: Vec<(u64, OnComplete)> = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        for (batch, f) in work {
+            self.run_completion(batch, f);
+        }
+    }
+
+    fn wake_waiters(&self, st: &State) {
+        if st.waiters > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Consuming a batch
+
+    /// Waits until `ready(batch)` holds or the deadline passes, collecting results meanwhile
+    /// if no other thread does. True if it holds.
+    pub(crate) fn wait_batch(
+        &self,
+        batch: u64,
+        ready: impl Fn(&BatchView<'_>) -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let check = |st: &State| -> bool {
+            match st.batches.get(&batch) {
+                Some(b) => ready(&BatchView { batch: b }),
+                None => true,
+            }
+        };
+        let mut st = lock(&self.state);
+        loop {
+            if check(&st) {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            if let Ok(role) = self.collecting.try_lock() {
+                drop(st);
+                let met = self.collect(&check, deadline);
+                drop(role);
+                st = lock(&self.state);
+                self.wake_waiters(&st);
+                if st.urgent > 0 {
+                    self.background.notify_one();
+                }
+                if met {
+                    return true;
+                }
+                continue;
+            }
+            st.waiters += 1;
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(TICK),
+                None => TICK,
+            };
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            st.waiters -= 1;
+        }
+    }
+
+    /// Runs `f` on a batch's state.
+    pub(crate) fn with_batch<T>(
+        &self,
+        batch: u64,
+        f: impl FnOnce(Option<&mut BatchOutcomes>, &BatchView<'_>) -> T,
+    ) -> T {
+        let mut st = lock(&self.state);
+        match st.batches.get_mut(&batch) {
+            Some(b) => {
+                let mut outcomes = std::mem::take(&mut b.outcomes);
+                let r = f(Some(&mut outcomes), &BatchView { batch: b });
+                b.outcomes = outcomes;
+                r
+            }
+            None => {
+                let mut gone = Batch::new(None);
+                gone.open = false;
+                f(None, &BatchView { batch: &gone })
+            }
+        }
+    }
+
+    /// Registers the waker of a future awaiting `batch` (the background thread collects for
+    /// it from now on).
+    pub(crate) fn set_waker(&self, batch: u64, waker: &Waker) -> bool {
+        let mut st = lock(&self.state);
+        let Some(b) = st.batches.get_mut(&batch) else {
+            return false;
+        };
+        if b.complete() {
+            return false;
+        }
+        b.waker = Some(waker.clone());
+        if !b.urgent {
+            b.urgent = true;
+            st.urgent += 1;
+            self.background.notify_one();
+        }
+        true
+    }
+
+    /// The consumer of `batch` is gone: its results are thrown away, its waiting tasks
+    /// dropped.
+    pub(crate) fn drop_batch(&self, batch: u64) {
+        let mut st = lock(&self.state);
+        let Some(b) = st.batches.get_mut(&batch) else {
+            return;
+        };
+        b.wanted = false;
+        b.outcomes = BatchOutcomes::default();
+        b.waker = None;
+        let unurgent = b.urgent && b.on_complete.is_none();
+        if unurgent {
+            b.urgent = false;
+        }
+        let complete = b.complete();
+        if unurgent {
+            st.urgent = st.urgent.saturating_sub(1);
+        }
+        if complete {
+            st.batches.remove(&batch);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Collecting
+
+    /// Holding the collecting role: reads results until `done(state)` or the deadline.
+    fn collect(&self, done: &dyn Fn(&State) -> bool, deadline: Option<Instant>) -> bool {
+        let mut rec = Vec::new();
+        loop {
+            // Everything already there, under one lock.
+            let mut st = lock(&self.state);
+            let mut got = 0usize;
+            loop {
+                rec.clear();
+                match self.results.take_raw(false, None, &mut rec) {
+                    Ok(fds) => {
+                        self.on_record(&mut st, &rec, fds);
+                        got += 1;
+                        if got >= 256 {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            st.last_collect = Instant::now();
+            if got > 0 {
+                self.dispatch(&mut st);
+                self.wake_waiters(&st);
+            }
+            let met = done(&st);
+            drop(st);
+            self.run_deferred_if_any();
+            if met {
+                return true;
+            }
+            if got > 0 {
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return false;
+            }
+            let slice = deadline.map_or(now + TICK, |d| d.min(now + TICK));
+            rec.clear();
+            match self.results.take_raw(true, Some(slice), &mut rec) {
+                Ok(fds) => {
+                    let mut st = lock(&self.state);
+                    self.on_record(&mut st, &rec, fds);
+                    st.last_collect = Instant::now();
+                    self.dispatch(&mut st);
+                    self.wake_waiters(&st);
+                    let met = done(&st);
+                    drop(st);
+                    self.run_deferred_if_any();
+                    if met {
+                        return true;
+                    }
+                }
+                Err(TakeFail::Empty) => {}
+                Err(TakeFail::Error(_)) => {
+                    // The result queue itself failed: nothing more will come through it.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn run_deferred_if_any(&self) {
+        if DEFERRED.with(|d| !d.borrow().is_empty()) {
+            self.run_deferred();
+        }
+    }
+
+    /// Handles one record from the result queue.
+    fn on_record(&self, st: &mut State, rec: &[u8], fds: Vec<OwnedFd>) {
+        let Some((h, body)) = ResultHeader::read(rec) else {
+            return;
+        };
+        match h.kind {
+            wire::RESULT_DONE | wire::RESULT_PANICKED | wire::RESULT_FAILED => {
+                self.on_result(st, h, body, fds)
+            }
+            wire::RESULT_INIT_FAILED => {
+                let failure: (String, Option<String>) = crate::codec::decode(body)
+                    .unwrap_or_else(|e| (format!("(undecodable: {e})"), None));
+                if let Some(w) = st.workers.iter_mut().find(|w| w.serial == h.worker) {
+                    w.init_failed = Some(failure);
+                }
+            }
+            wire::RESULT_EXITED => self.on_exit(st, h.worker),
+            _ => {}
+        }
+    }
+
+    fn on_result(&self, st: &mut State, h: ResultHeader, body: &[u8], fds: Vec<OwnedFd>) {
+        let now = Instant::now();
+        if let Some(w) = st.workers.iter_mut().find(|w| w.serial == h.worker) {
+            if let Some(pos) = w.assigned.iter().position(|&id| id == h.id) {
+                w.assigned.remove(pos);
+            }
+            w.since = now;
+            w.stats.tasks += 1;
+            w.stats.busy += Duration::from_nanos(h.busy_ns);
+        }
+        st.init_failures = 0;
+        st.avg_task_ns = if st.avg_task_ns == 0 {
+            h.busy_ns.max(1)
+        } else {
+            (st.avg_task_ns * 7 + h.busy_ns) / 8
+        }
+        .max(1);
+        let Some(task) = st.tasks.remove(&h.id) else {
+            return;
+        };
+        let outcome = match h.kind {
+            wire::RESULT_FAILED => Err(TaskError::Failed(
+                String::from_utf8_lossy(body).into_owned(),
+            )),
+            _ => Ok(Raw {
+                bytes: body.to_vec(),
+                fds,
+                items: task.count,
+            }),
+        };
+        let panicked = h.kind == wire::RESULT_PANICKED;
+        if panicked {
+            if let Some(b) = st.batches.get_mut(&task.batch) {
+                b.failed = true;
+            }
+        }
+        let done = Self::finish(st, &task, outcome);
+        Self::defer_completions(task.batch, done);
+    }
+
+    /// A worker ended: its results are all in (they came before this record); what it
+    /// still held goes back to waiting, except the task it was running, which fails.
+    fn on_exit(&self, st: &mut State, serial: u32) {
+        let Some(pos) = st.workers.iter().position(|w| w.serial == serial) else {
+            return;
+        };
+        let mut w = st.workers.remove(pos);
+        let cause = match w.process.join_result_timeout(Duration::from_secs(5)) {
+            Ok(()) => None,
+            Err(ProcessError::Child(c)) => Some(c),
+            Err(e) => Some(ChildError::StatusLost(e.to_string())),
+        };
+        // Take back what it never took.
+        let mut recovered: HashMap<u64, (Vec<u8>, Vec<OwnedFd>)> = HashMap::new();
+        let mut rec = Vec::new();
+        loop {
+            rec.clear();
+            match w.tasks.take_raw(false, None, &mut rec) {
+                Ok(fds) => {
+                    if let Some((h, _)) = TaskHeader::read(&rec) {
+                        recovered.insert(h.id, (rec.clone(), fds));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let mut back = Vec::new();
+        for id in w.assigned.drain(..) {
+            if let Some((record, fds)) = recovered.remove(&id) {
+                if let Some(t) = st.tasks.get_mut(&id) {
+                    t.record = record;
+                    t.fds = fds;
+                    t.worker = None;
+                    back.push(id);
+                }
+                continue;
+            }
+            let Some(task) = st.tasks.remove(&id) else {
+                continue;
+            };
+            let error = match task.killed {
+                Some(KillReason::TimeLimit(limit)) => TaskError::TimeLimit { limit, pid: w.pid },
+                None => TaskError::WorkerDied {
+                    pid: w.pid,
+                    cause: cause.clone().unwrap_or(ChildError::Exited(0)),
+                },
+            };
+            let done = Self::finish(st, &task, Err(error));
+            Self::defer_completions(task.batch, done);
+        }
+        for id in back.into_iter().rev() {
+            st.pending.push_front(id);
+        }
+        w.stats.idle = w.born.elapsed().saturating_sub(w.stats.busy);
+        st.retired.push(w.stats.clone());
+        if let Some((message, location)) = w.init_failed.take() {
+            st.init_failures += 1;
+            if st.init_failures >= self.processes as u32 + INIT_FAILURES_SPARE {
+                let at = location.map(|l| format!(" at {l}")).unwrap_or_default();
+                let reason = format!("{message}{at}");
+                st.broken = Some(reason.clone());
+                self.fail_pending(st, &TaskError::InitializerFailed(reason));
+            }
+        }
+        if st.phase != Phase::Terminated && st.broken.is_none() && st.workers.len() < self.processes
+        {
+            let needed = st.phase == Phase::Running || !st.tasks.is_empty();
+            if needed {
+                if let Err(e) = self.start_worker(st) {
+                    // No worker could be started: what waits fails rather than waiting forever.
+                    if st.workers.is_empty() {
+                        self.fail_pending(st, &TaskError::Pool(e));
+                    }
+                }
+            }
+        }
+        self.dispatch(st);
+    }
+
+    /// Fails every waiting task (not yet in a worker's queue) with `error`.
+    fn fail_pending(&self, st: &mut State, error: &TaskError) {
+        let pending: Vec<u64> = st.pending.drain(..).collect();
+        for id in pending {
+            if let Some(task) = st.tasks.remove(&id) {
+                Segment::take_back_transits(&task.by_name);
+                let done = Self::finish(st, &task, Err(error.clone()));
+                Self::defer_completions(task.batch, done);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Closing
+
+    /// CPython's `close`: no new work; what was submitted still runs.
+    pub(crate) fn close(&self) {
+        let mut st = lock(&self.state);
+        if st.phase == Phase::Running {
+            st.phase = Phase::Closed;
+        }
+    }
+
+    /// CPython's `terminate`: kill the workers; everything unfinished fails.
+    pub(crate) fn terminate(&self) {
+        let mut st = lock(&self.state);
+        if st.phase == Phase::Terminated {
+            return;
+        }
+        st.phase = Phase::Terminated;
+        for w in &mut st.workers {
+            w.stopping = true;
+            let _ = w.process.kill();
+        }
+        let ids: Vec<u64> = st.tasks.keys().copied().collect();
+        st.pending.clear();
+        for id in ids {
+            if let Some(task) = st.tasks.remove(&id) {
+                if task.worker.is_none() {
+                    Segment::take_back_transits(&task.by_name);
+                }
+                let done =
+                    Self::finish(&mut st, &task, Err(TaskError::Pool(PoolError::Terminated)));
+                Self::defer_completions(task.batch, done);
+            }
+        }
+        self.changed.notify_all();
+        drop(st);
+        self.run_deferred_if_any();
+    }
+
+    /// CPython's `join`, after `close` or `terminate`: waits for the submitted work, stops
+    /// the workers and waits for them to end.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
+        match self.phase() {
+            Phase::Running => return Err(PoolError::StillRunning),
+            Phase::Closed => {
+                // All the work first (collecting if nobody else does).
+                if !self.wait_all(deadline) {
+                    return Err(PoolError::JoinTimeout);
+                }
+            }
+            Phase::Terminated => {}
+        }
+        let workers: Vec<Worker> = {
+            let mut st = lock(&self.state);
+            for w in &mut st.workers {
+                if !w.stopping {
+                    w.stopping = true;
+                    let mut stop = Vec::new();
+                    TaskHeader {
+                        id: 0,
+                        kind: wire::TASK_STOP,
+                        count: 0,
+                        runner: 0,
+                        target: 0,
+                    }
+                    .write(&mut stop);
+                    if w.tasks.put_raw(&stop, &[], true, None).is_err() {
+                        let _ = w.process.kill();
+                    }
+                }
+            }
+            st.workers.drain(..).collect()
+        };
+        let mut st_retired = Vec::new();
+        for mut w in workers {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ended = match left {
+                Some(t) => w.process.join_timeout(t).unwrap_or(true),
+                None => {
+                    let _ = w.process.join();
+                    true
+                }
+            };
+            if !ended {
+                let _ = w.process.kill();
+                let _ = w.process.join();
+            }
+            w.stats.idle = w.born.elapsed().saturating_sub(w.stats.busy);
+            st_retired.push(w.stats);
+        }
+        let mut st = lock(&self.state);
+        st.retired.extend(st_retired);
+        st.shutdown = true;
+        self.background.notify_all();
+        Ok(())
+    }
+
+    /// Waits until no task is left, collecting as needed.
+    fn wait_all(&self, deadline: Option<Instant>) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.tasks.is_empty() && st.pending.is_empty() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            if let Ok(role) = self.collecting.try_lock() {
+                drop(st);
+                let met = self.collect(&|st: &State| st.tasks.is_empty(), deadline);
+                drop(role);
+                self.wake_waiters(&lock(&self.state));
+                if met {
+                    return true;
+                }
+                st = lock(&self.state);
+                continue;
+            }
+            st.waiters += 1;
+            st = self
+                .changed
+                .wait_timeout(st, TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            st.waiters -= 1;
+        }
+    }
+
+    /// Per-worker figures: the live workers, then those that have ended.
+    pub(crate) fn stats(&self) -> Vec<WorkerStats> {
+        let st = lock(&self.state);
+        let mut all: Vec<WorkerStats> = st
+            .workers
+            .iter()
+            .map(|w| {
+                let mut s = w.stats.clone();
+                s.idle = w.born.elapsed().saturating_sub(s.busy);
+                s.alive = true;
+                s
+            })
+            .collect();
+        all.extend(st.retired.iter().cloned());
+        all
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        lock(&self.state).workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// Asks the pool to stop its background threads (the pool handle is gone).
+    pub(crate) fn shutdown(&self) {
+        let mut st = lock(&self.state);
+        st.shutdown = true;
+        self.background.notify_all();
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Watching
+
+    /// What the watcher watches: each live worker's sentinel, and when the next time limit
+    /// may run out.
+    fn watch_list(&self) -> WatchList {
+        let st = lock(&self.state);
+        let list = st
+            .workers
+            .iter()
+            .filter(|w| !w.exit_posted)
+            .map(|w| (w.serial, w.sentinel.clone()))
+            .collect();
+        let mut next: Option<Instant> = None;
+        for w in &st.workers {
+            if let Some(limit) = w
+                .assigned
+                .front()
+                .and_then(|id| st.tasks.get(id))
+                .and_then(|t| t.time_limit)
+            {
+                let at = w.since + limit;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        WatchList {
+            sentinels: list,
+            next_limit: next,
+            shutdown: st.shutdown,
+        }
+    }
+
+    /// Posts a worker's exit into the result queue (once).
+    fn post_exit(&self, serial: u32) {
+        {
+            let mut st = lock(&self.state);
+            match st.workers.iter_mut().find(|w| w.serial == serial) {
+                Some(w) if !w.exit_posted => {
+                    w.exit_posted = true;
+                    w.stopping = true;
+                }
+                _ => return,
+            }
+        }
+        self.post(wire::RESULT_EXITED, serial);
+    }
+
+    fn post(&self, kind: u32, worker: u32) {
+        let mut rec = Vec::with_capacity(wire::HEADER);
+        ResultHeader {
+            id: 0,
+            kind,
+            worker,
+            busy_ns: 0,
+            done: 0,
+        }
+        .write(&mut rec);
+        let _ = self.results.put_raw(&rec, &[], true, None);
+    }
+
+    /// Kills the workers whose running task has run out of time.
+    fn enforce_time_limits(&self) {
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        let State { workers, tasks, .. } = &mut *st;
+        for w in workers.iter_mut() {
+            let Some(task) = w.assigned.front().and_then(|id| tasks.get_mut(id)) else {
+                continue;
+            };
+            if let Some(limit) = task.time_limit {
+                if task.killed.is_none() && now >= w.since + limit {
+                    task.killed = Some(KillReason::TimeLimit(limit));
+                    w.stopping = true;
+                    let _ = w.process.kill();
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Completion callbacks found under the state lock, run once it is released.
+    static DEFERRED: std::cell::RefCell<Vec<(u64, OnComplete)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What the watcher watches: each live worker's sentinel (by serial), and when the next time
+/// limit may run out.
+struct WatchList {
+    sentinels: Vec<(u32, Arc<OwnedFd>)>,
+    next_limit: Option<Instant>,
+    shutdown: bool,
+}
+
+/// What a consumer may look at in its batch while waiting.
+pub(crate) struct BatchView<'a> {
+    batch: &'a Batch,
+}
+
+impl BatchView<'_> {
+    pub(crate) fn complete(&self) -> bool {
+        self.batch.complete()
+    }
+    pub(crate) fn failed(&self) -> bool {
+        self.batch.failed
+    }
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.batch.outcomes.arrival.is_empty()
+    }
+    pub(crate) fn is_ready(&self, index: u64) -> bool {
+        self.batch.outcomes.ready.contains_key(&index)
+    }
+    pub(crate) fn submitted(&self) -> u64 {
+        self.batch.submitted
+    }
+}
+
+/// How many tasks a worker's queue should hold, given the average task time.
+fn depth_for(avg_task_ns: u64) -> usize {
+    if avg_task_ns == 0 {
+        return 2;
+    }
+    let ahead = QUEUE_AHEAD.as_nanos() as u64;
+    (ahead / avg_task_ns).clamp(1, MAX_DEPTH as u64) as usize
+}
+
+/// The watcher thread: worker exits and time limits.
+fn watch(engine: &Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else {
+            return;
+        };
+        let WatchList {
+            sentinels: list,
+            next_limit,
+            shutdown,
+        } = e.watch_list();
+        if shutdown {
+            return;
+        }
+        drop(e);
+        let now = Instant::now();
+        let wait = next_limit.map_or(TICK, |at| at.saturating_duration_since(now).min(TICK));
+        let fds: Vec<_> = list.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let ready = if fds.is_empty() {
+            std::thread::sleep(wait);
+            Vec::new()
+        } else {
+            sys::poll_fds(&fds, Some(wait)).unwrap_or_default()
+        };
+        let Some(e) = engine.upgrade() else {
+            return;
+        };
+        for i in ready {
+            e.post_exit(list[i].0);
+        }
+        if next_limit.is_some() {
+            e.enforce_time_limits();
+        }
+    }
+}
+
+/// The background collector: collects when callbacks or futures wait for results, or when
+/// results wait and no caller has collected for a while.
+fn background(engine: &Weak<Engine>) {
+    loop {
+        let Some(e) = engine.upgrade() else {
+            return;
+        };
+        let collect = {
+            let st = lock(&e.state);
+            if st.shutdown {
+                return;
+            }
+            let work = !st.tasks.is_empty() || !e.results.empty();
+            let due = st.urgent > 0 || st.last_collect.elapsed() >= GRACE;
+            if work && due {
+                true
+            } else {
+                let wait = if work { GRACE } else { TICK };
+                let _ = e.background.wait_timeout(st, wait);
+                false
+            }
+        };
+        if collect {
+            if let Ok(role) = e.collecting.try_lock() {
+                // Until nothing is left to do, or a caller may want the role (checked at
+                // every tick).
+                let until = Instant::now() + TICK;
+                e.collect(
+                    &|st: &State| st.shutdown || (st.tasks.is_empty() && st.urgent == 0),
+                    Some(until),
+                );
+                drop(role);
+                e.wake_waiters(&lock(&e.state));
+            } else {
+                // A caller collects; it wakes this thread if a callback or future needs it.
+                let st = lock(&e.state);
+                let _ = e.background.wait_timeout(st, TICK);
+            }
+        }
+        drop(e);
+    }
+}

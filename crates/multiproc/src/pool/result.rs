@@ -1,0 +1,360 @@
+//! [`AsyncResult`]: the handle of work submitted with `apply_async` or `map_async`, and how
+//! results are decoded from their entries.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::callable::{ITEM_PANICKED, ITEM_RETURNED};
+use crate::codec::{CodecError, fds};
+
+use super::engine::{BatchOutcomes, Engine, OnComplete, Raw};
+use super::{PoolError, TaskError};
+
+/// Turns a batch's outcomes into the value a result gives back.
+pub(crate) type Decode<R> = fn(BatchOutcomes, u64) -> Result<R, TaskError>;
+
+/// The result of [`Pool::apply_async`](super::Pool::apply_async) or
+/// [`Pool::map_async`](super::Pool::map_async) (CPython's `AsyncResult`).
+///
+/// It is also a [`Future`]: async code awaits it without blocking a thread (the pool's
+/// background thread collects the result and wakes the task).
+///
+/// The value can be taken once: a second [`get`](Self::get) gives [`TaskError::Taken`].
+/// Dropping the handle lets the task run to its end and throws its result away.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Pool, TaskError};
+///
+/// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+/// let pool = Pool::new(1)?;
+/// let slow = pool.apply_async(std::thread::sleep, Duration::from_millis(300))?;
+/// assert!(!slow.ready());
+/// assert!(matches!(slow.get_timeout(Duration::from_millis(10)), Err(TaskError::Timeout)));
+/// assert!(slow.successful().is_err()); // not ready yet
+/// slow.wait();
+/// assert!(slow.ready() && slow.successful()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct AsyncResult<R> {
+    engine: Arc<Engine>,
+    batch: u64,
+    decode: Decode<R>,
+    taken: AtomicBool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .field("taken", &self.taken.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(engine: Arc<Engine>, batch: u64, decode: Decode<R>) -> Self {
+        Self {
+            engine,
+            batch,
+            decode,
+            taken: AtomicBool::new(false),
+            _r: PhantomData,
+        }
+    }
+
+    /// Waits for the result and takes it (`get()`).
+    ///
+    /// # Errors
+    ///
+    /// The task's [`TaskError`]; for a map, the error of the first item (in input order)
+    /// that failed. [`TaskError::Taken`] on a second call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x + 1, 1)?;
+    /// assert_eq!(r.get()?, 2);
+    /// assert!(matches!(r.get(), Err(multiproc::TaskError::Taken)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get(&self) -> Result<R, TaskError> {
+        self.wait();
+        self.take()
+    }
+
+    /// Waits at most `timeout` for the result (`get(timeout)`).
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Timeout`] if it is not ready in time (the task goes on, and a later
+    /// `get` can still take it); otherwise as [`get`](Self::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x, 5)?;
+    /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, TaskError> {
+        if self.wait_timeout(timeout) {
+            self.take()
+        } else {
+            Err(TaskError::Timeout)
+        }
+    }
+
+    /// Waits until the result is ready (`wait()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x, 5)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait(&self) {
+        self.engine.wait_batch(self.batch, |b| b.complete(), None);
+    }
+
+    /// Waits at most `timeout`; true if the result is ready (`wait(timeout)`, which in
+    /// CPython returns nothing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(std::thread::sleep, Duration::from_millis(200))?;
+    /// assert!(!r.wait_timeout(Duration::from_millis(1)));
+    /// assert!(r.wait_timeout(Duration::from_secs(10)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.engine
+            .wait_batch(self.batch, |b| b.complete(), Some(deadline))
+    }
+
+    /// Whether the task has finished (`ready()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u32| x, 5)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ready(&self) -> bool {
+        self.engine.with_batch(self.batch, |_, b| b.complete())
+    }
+
+    /// Whether it finished without an error (`successful()`).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::NotReady`] if it has not finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: i32| if x < 0 { panic!("negative") } else { x }, -1)?;
+    /// r.wait();
+    /// assert!(!r.successful()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn successful(&self) -> Result<bool, PoolError> {
+        self.engine.with_batch(self.batch, |_, b| {
+            if b.complete() {
+                Ok(!b.failed())
+            } else {
+                Err(PoolError::NotReady)
+            }
+        })
+    }
+
+    fn take(&self) -> Result<R, TaskError> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return Err(TaskError::Taken);
+        }
+        let (outcomes, submitted) = self
+            .engine
+            .with_batch(self.batch, |o, b| (o.map(std::mem::take), b.submitted()));
+        match outcomes {
+            Some(o) => (self.decode)(o, submitted),
+            None => Err(TaskError::Taken),
+        }
+    }
+}
+
+impl<R> Future for AsyncResult<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.ready() || !self.engine.set_waker(self.batch, cx.waker()) {
+            return Poll::Ready(self.take());
+        }
+        Poll::Pending
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        self.engine.drop_batch(self.batch);
+    }
+}
+
+/// Decodes the entries of one task's result, appending one value (or error) per item.
+pub(crate) fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskError>>) {
+    let Raw { bytes, fds, items } = raw;
+    fds::decoding(fds, || {
+        let mut rest = &bytes[..];
+        for _ in 0..items {
+            let Some((&tag, tail)) = rest.split_first() else {
+                out.push(Err(TaskError::Failed(
+                    "the result has fewer entries than items".to_owned(),
+                )));
+                continue;
+            };
+            let decoded = match tag {
+                ITEM_RETURNED => postcard::take_from_bytes::<R>(tail).map(|(v, r)| (Ok(v), r)),
+                ITEM_PANICKED => postcard::take_from_bytes::<(String, Option<String>)>(tail).map(
+                    |((message, location), r)| (Err(TaskError::Panicked { message, location }), r),
+                ),
+                _ => {
+                    out.push(Err(TaskError::Failed(format!("bad result entry {tag}"))));
+                    rest = &[];
+                    continue;
+                }
+            };
+            match decoded {
+                Ok((v, r)) => {
+                    out.push(v);
+                    rest = r;
+                }
+                Err(e) => {
+                    out.push(Err(TaskError::Decode(CodecError::new(
+                        "cannot decode value",
+                        e,
+                    ))));
+                    rest = &[];
+                }
+            }
+        }
+    });
+}
+
+/// Decodes an outcome into its items' values; a failed task gives its error for each of its
+/// `items`.
+pub(crate) fn decode_outcome<R: DeserializeOwned>(
+    outcome: super::engine::Outcome,
+    items: u32,
+) -> Vec<Result<R, TaskError>> {
+    let mut out = Vec::with_capacity(items as usize);
+    match outcome {
+        Ok(raw) => decode_entries(raw, &mut out),
+        Err(e) => out.extend((0..items).map(|_| Err(e.clone()))),
+    }
+    out
+}
+
+/// The value of a one-task batch (`apply_async`).
+pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
+    mut o: BatchOutcomes,
+    _submitted: u64,
+) -> Result<R, TaskError> {
+    if let Some(decoded) = o.decoded.take() {
+        return match decoded.downcast::<Result<R, TaskError>>() {
+            Ok(r) => *r,
+            Err(_) => Err(TaskError::Taken),
+        };
+    }
+    match o.ready.remove(&0) {
+        Some(outcome) => decode_outcome(outcome, 1)
+            .into_iter()
+            .next()
+            .unwrap_or(Err(TaskError::Taken)),
+        None => Err(TaskError::Taken),
+    }
+}
+
+/// The values of every task of a batch, in order (`map_async`): all of them, or the error
+/// of the first item that failed.
+pub(crate) fn decode_all<T: DeserializeOwned>(
+    mut o: BatchOutcomes,
+    submitted: u64,
+) -> Result<Vec<T>, TaskError> {
+    let mut values = Vec::new();
+    let mut first_error = None;
+    for i in 0..submitted {
+        match o.ready.remove(&i) {
+            Some(Ok(raw)) => {
+                let mut entries = Vec::with_capacity(raw.items as usize);
+                decode_entries::<T>(raw, &mut entries);
+                for e in entries {
+                    match e {
+                        Ok(v) => values.push(v),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {
+                first_error.get_or_insert(TaskError::Taken);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(values),
+    }
+}
+
+/// CPython's `callback` / `error_callback`: decodes the value when the task finishes, calls
+/// one of them with it, and keeps it for `get`.
+pub(crate) fn callbacks<R: DeserializeOwned + Send + 'static>(
+    callback: impl FnOnce(&R) + Send + 'static,
+    error_callback: impl FnOnce(&TaskError) + Send + 'static,
+) -> OnComplete {
+    Box::new(move |o: &mut BatchOutcomes| {
+        let value: Result<R, TaskError> = decode_one(std::mem::take(o), 1);
+        // A panicking callback is the program's bug; it must not take the pool's thread
+        // down with it (the panic hook has printed it).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &value {
+            Ok(v) => callback(v),
+            Err(e) => error_callback(e),
+        }));
+        o.decoded = Some(Box::new(value));
+    })
+}

@@ -1,0 +1,126 @@
+//! A pool worker: the child process that runs tasks. It is an ordinary [`Process`] whose
+//! target is [`worker_main`]; its arguments are its two queues and its initializer.
+//!
+//! The loop: take a record from its own task queue, run the task (catching a panic per
+//! item), put the result record into the pool's result queue, and go on, until a STOP
+//! record, its `maxtasksperchild`, or its parent's end (a pool worker is a daemon).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::callable::{TaskCallable, TrustedFn};
+use crate::queue::Queue;
+use crate::shm::segment::Segment;
+
+use super::engine::Record;
+use super::wire::{self, ResultHeader, TaskHeader};
+
+/// A worker's instructions: a Process argument.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "I: Serialize + DeserializeOwned + 'static")]
+pub(crate) struct WorkerBoot<I: Serialize + DeserializeOwned + 'static> {
+    pub(crate) serial: u32,
+    pub(crate) tasks: Queue<Record>,
+    pub(crate) results: Queue<Record>,
+    /// Tasks before the worker exits (0: no limit).
+    pub(crate) maxtasks: u64,
+    pub(crate) init: Init<I>,
+}
+
+/// A worker's initializer and its arguments.
+pub(crate) type Init<I> = Option<(TrustedFn<fn(I)>, I)>;
+
+/// The worker's whole life.
+pub(crate) fn worker_main<I: Serialize + DeserializeOwned + 'static>(boot: WorkerBoot<I>) {
+    let WorkerBoot {
+        serial,
+        tasks,
+        results,
+        maxtasks,
+        init,
+    } = boot;
+    if let Some((TrustedFn(f), args)) = init {
+        if let Err(panic) = crate::bootstrap::catch_panic(|| f(args)) {
+            let mut rec = Vec::new();
+            ResultHeader {
+                id: 0,
+                kind: wire::RESULT_INIT_FAILED,
+                worker: serial,
+                busy_ns: 0,
+                done: 0,
+            }
+            .write(&mut rec);
+            if <crate::codec::Postcard as crate::codec::Codec>::encode(&panic, &mut rec).is_ok() {
+                let _ = results.put_raw(&rec, &[], true, None);
+            }
+            crate::bootstrap::exit_child(1);
+        }
+    }
+    let mut record = Vec::new();
+    let mut out = Vec::new();
+    let mut done = 0u64;
+    loop {
+        record.clear();
+        let Ok(fds) = tasks.take_raw(true, None, &mut record) else {
+            // The queue failed: nothing more can reach this worker.
+            crate::bootstrap::exit_child(1);
+        };
+        let Some((h, body)) = TaskHeader::read(&record) else {
+            continue;
+        };
+        if h.kind == wire::TASK_STOP {
+            return;
+        }
+        let started = Instant::now();
+        out.clear();
+        out.resize(wire::HEADER, 0);
+        let run = TaskCallable::from_offsets(h.runner, h.target)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.call(body, fds, &mut out).map_err(|e| e.to_string()));
+        done += 1;
+        let (kind, fds, by_name) = match run {
+            Ok(ok) => (
+                if ok.panicked {
+                    wire::RESULT_PANICKED
+                } else {
+                    wire::RESULT_DONE
+                },
+                ok.fds,
+                ok.by_name,
+            ),
+            Err(message) => {
+                out.truncate(wire::HEADER);
+                out.extend_from_slice(message.as_bytes());
+                (wire::RESULT_FAILED, Vec::new(), Vec::new())
+            }
+        };
+        let header = ResultHeader {
+            id: h.id,
+            kind,
+            worker: serial,
+            busy_ns: started.elapsed().as_nanos() as u64,
+            done,
+        };
+        header.rewrite(&mut out);
+        if let Err(e) = results.put_raw(&out, &fds, true, None) {
+            // The result itself cannot go (too many descriptors for the socket, ...): say so.
+            Segment::take_back_transits(&by_name);
+            let message = match e {
+                crate::queue::ring::PutFail::Error(e) => e.to_string(),
+                crate::queue::ring::PutFail::Full => "the result queue is full".to_owned(),
+            };
+            out.truncate(wire::HEADER);
+            out.extend_from_slice(format!("the result could not be sent: {message}").as_bytes());
+            ResultHeader {
+                kind: wire::RESULT_FAILED,
+                ..header
+            }
+            .rewrite(&mut out);
+            let _ = results.put_raw(&out, &[], true, None);
+        }
+        if maxtasks != 0 && done >= maxtasks {
+            return;
+        }
+    }
+}
