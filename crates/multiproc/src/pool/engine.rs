@@ -214,6 +214,8 @@ struct State {
     retired: Vec<WorkerStats>,
     /// The background threads should end.
     shutdown: bool,
+    /// The executor's `shutdown` was called (submissions get its message).
+    executor_shut_down: bool,
 }
 
 /// The engine shared by a [`Pool`](super::Pool), its results and its background threads.
@@ -269,6 +271,7 @@ impl Engine {
                 broken: None,
                 retired: Vec::new(),
                 shutdown: false,
+                executor_shut_down: false,
             }),
             changed: Condvar::new(),
             background: Condvar::new(),
@@ -368,6 +371,9 @@ impl Engine {
     /// [`seal`](Self::seal). `on_complete` runs once every task has finished.
     pub(crate) fn new_batch(&self, on_complete: Option<OnComplete>) -> Result<u64, PoolError> {
         let mut st = lock(&self.state);
+        if st.executor_shut_down {
+            return Err(PoolError::Shutdown);
+        }
         if st.phase != Phase::Running {
             return Err(PoolError::NotRunning);
         }
@@ -950,6 +956,22 @@ impl Engine {
         if st.phase == Phase::Running {
             st.phase = Phase::Closed;
         }
+    }
+
+    /// The executor's `shutdown`: `close`, and with `cancel` every task not yet in a
+    /// worker's queue fails as cancelled.
+    pub(crate) fn shut_down(&self, cancel: bool) {
+        let mut st = lock(&self.state);
+        st.executor_shut_down = true;
+        if st.phase == Phase::Running {
+            st.phase = Phase::Closed;
+        }
+        if cancel {
+            self.fail_pending(&mut st, &TaskError::Cancelled);
+        }
+        self.wake_waiters(&st);
+        drop(st);
+        self.run_deferred_if_any();
     }
 
     /// CPython's `terminate`: kill the workers; everything unfinished fails.

@@ -73,6 +73,9 @@ pub enum PoolError {
     /// Work was submitted after `close` or `terminate`.
     #[error("Pool not running")]
     NotRunning,
+    /// Work was submitted after [`Pool::shutdown`] (the executor's wording).
+    #[error("cannot schedule new futures after shutdown")]
+    Shutdown,
     /// `join` was called before `close` or `terminate`.
     #[error("Pool is still running")]
     StillRunning,
@@ -1070,6 +1073,65 @@ impl Pool {
         }
         let stream = iter::Stream::open(self, f, items.into_iter(), chunksize, options, false)?;
         Ok(IMapUnordered::new(stream))
+    }
+
+    /// Submits one task and returns its future (`ProcessPoolExecutor.submit`): the same
+    /// as [`apply_async`](Self::apply_async), whose [`AsyncResult`] is also a
+    /// [`Future`](std::future::Future).
+    ///
+    /// # Errors
+    ///
+    /// 'cannot schedule new futures after shutdown' after [`shutdown`](Self::shutdown);
+    /// otherwise as [`apply_async`](Self::apply_async).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let fut = pool.submit(|x: u64| x.pow(2), 9)?;
+    /// assert_eq!(fut.get()?, 81);
+    /// pool.shutdown(true, false)?;
+    /// assert_eq!(
+    ///     pool.submit(|x: u64| x, 1).unwrap_err().to_string(),
+    ///     "cannot schedule new futures after shutdown"
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit<A, R>(&self, f: fn(A) -> R, args: A) -> Result<AsyncResult<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, args)
+    }
+
+    /// The executor's `shutdown(wait, cancel_futures)`: no more tasks may be submitted;
+    /// with `cancel_futures`, tasks not yet started fail with [`TaskError::Cancelled`]; with
+    /// `wait`, waits for the rest and for the workers' end (as [`join`](Self::join)).
+    ///
+    /// # Errors
+    ///
+    /// Only with `wait`: as [`join`](Self::join).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::TaskError;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let running = pool.submit(std::thread::sleep, Duration::from_millis(200))?;
+    /// let queued: Vec<_> = (0..100).map(|i| pool.submit(|x: u32| x, i)).collect::<Result<_, _>>()?;
+    /// pool.shutdown(true, true)?;
+    /// assert!(running.get().is_ok());
+    /// assert!(queued.iter().any(|f| matches!(f.get(), Err(TaskError::Cancelled))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, wait: bool, cancel_futures: bool) -> Result<(), PoolError> {
+        self.engine.shut_down(cancel_futures);
+        if wait { self.join() } else { Ok(()) }
     }
 
     /// No more tasks may be submitted; those submitted still run (`close`).
