@@ -241,6 +241,36 @@ mod sealed {
     pub trait Sealed {}
     impl<A, R> Sealed for fn(A) -> R {}
     impl<A, B, R> Sealed for fn(A, B) -> R {}
+    pub trait SealedState {}
+    impl<S, A, R> SealedState for fn(&mut S, A) -> R {}
+}
+
+/// A pool task that also gets its worker's state: `fn(&mut S, A) -> R`, where `S` is what
+/// the pool's [`worker_state`](crate::PoolBuilder::worker_state) function made in that
+/// worker.
+pub trait StateTaskFn: Copy + Send + Sync + 'static + sealed::SealedState {
+    /// The worker state it uses.
+    type State: 'static;
+    /// One item of input.
+    type Item: Serialize + DeserializeOwned;
+    /// What the function returns for one item.
+    type Output: Serialize + DeserializeOwned;
+    /// Calls the function on the state and one item.
+    fn call_with(self, state: &mut Self::State, item: Self::Item) -> Self::Output;
+}
+
+impl<S, A, R> StateTaskFn for fn(&mut S, A) -> R
+where
+    S: 'static,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type State = S;
+    type Item = A;
+    type Output = R;
+    fn call_with(self, state: &mut S, item: A) -> R {
+        self(state, item)
+    }
 }
 
 impl<A, R> TaskFn for fn(A) -> R
@@ -304,13 +334,38 @@ fn run_items<F: TaskFn>(
     //   is the runner paired with it, so the address is a function of exactly the type `F`;
     // - `F` is a function pointer type (`TaskFn` is sealed), the size of `usize`.
     let f = unsafe { std::mem::transmute_copy::<usize, F>(&target) };
-    let items: Vec<F::Item> =
-        codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
-            .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
+    run_each(args, fds, out, |item| f.call_item(item))
+}
+
+fn run_items_with_state<F: StateTaskFn>(
+    target: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+) -> TaskRun {
+    // SAFETY:
+    // - as in `run_items`: `target` was made by `TaskCallable::with_state::<F>` from a value of
+    //   `F`, paired with this very runner; `F` is a function pointer type (`StateTaskFn` is
+    //   sealed), the size of `usize`.
+    let f = unsafe { std::mem::transmute_copy::<usize, F>(&target) };
+    run_each(args, fds, out, |item| {
+        crate::pool::with_worker_state::<F::State, _>(|state| f.call_with(state, item))
+    })
+}
+
+/// Decodes the items, calls `call` on each (catching a panic per item), appends the entries.
+fn run_each<T: DeserializeOwned, R: Serialize>(
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+    call: impl Fn(T) -> R,
+) -> TaskRun {
+    let items: Vec<T> = codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
+        .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
     let mut panicked = false;
     let (encoded, fds, by_name) = codec::fds::encoding_segments_by_name(|| {
         for item in items {
-            match crate::bootstrap::catch_panic(|| f.call_item(item)) {
+            match crate::bootstrap::catch_panic(|| call(item)) {
                 Ok(r) => {
                     out.push(ITEM_RETURNED);
                     codec::Postcard::encode(&r, out)?;
@@ -350,6 +405,17 @@ impl TaskCallable {
         let target = unsafe { std::mem::transmute_copy::<F, usize>(&f) };
         Self {
             runner: run_items::<F>,
+            target,
+        }
+    }
+
+    /// Wraps a task function that uses its worker's state.
+    pub(crate) fn with_state<F: StateTaskFn>(f: F) -> Self {
+        // SAFETY:
+        // - `F` is a function pointer type (sealed), as large as `usize`.
+        let target = unsafe { std::mem::transmute_copy::<F, usize>(&f) };
+        Self {
+            runner: run_items_with_state::<F>,
             target,
         }
     }
@@ -395,9 +461,14 @@ impl TaskCallable {
 /// offset from the anchor, rebuilt only while the arguments of this very process are decoded
 /// (after the bootstrap compared build identities), never from any other source.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct TrustedFn<F: TaskFn>(pub(crate) F);
+pub(crate) struct TrustedFn<F: FnPtr>(pub(crate) F);
 
-impl<F: TaskFn> Serialize for TrustedFn<F> {
+/// A plain function pointer `fn(A) -> R`, whatever its types.
+pub(crate) trait FnPtr: Copy + 'static + sealed::Sealed {}
+
+impl<A: 'static, R: 'static> FnPtr for fn(A) -> R {}
+
+impl<F: FnPtr> Serialize for TrustedFn<F> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // SAFETY:
         // - `F` is a function pointer type (sealed), as large as `usize`.
@@ -407,7 +478,7 @@ impl<F: TaskFn> Serialize for TrustedFn<F> {
     }
 }
 
-impl<'de, F: TaskFn> Deserialize<'de> for TrustedFn<F> {
+impl<'de, F: FnPtr> Deserialize<'de> for TrustedFn<F> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let offset = u64::deserialize(d)?;
         if !in_trusted_decoding() {

@@ -195,8 +195,8 @@ pub use context::{
 pub use error::{ChildError, ContextError, ProcessError};
 pub use multiproc_macros::{main, test};
 pub use pool::{
-    AsyncResult, IMap, IMapUnordered, MapOptions, Pool, PoolBuilder, PoolError, TaskError, TaskFn,
-    WorkerStats,
+    AsyncResult, IMap, IMapUnordered, MapOptions, Pool, PoolBuilder, PoolError, Retry, TaskError,
+    TaskFn, WorkerStats,
 };
 pub use process::tree::{
     CurrentProcess, ParentProcess, cpu_count, current_process, parent_process,

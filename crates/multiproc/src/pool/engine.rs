@@ -28,7 +28,7 @@ use crate::shm::segment::Segment;
 use crate::sys;
 
 use super::wire::{self, ResultHeader, TaskHeader};
-use super::{Encoded, PoolError, TaskError, WorkerStats};
+use super::{Encoded, PoolError, Retry, TaskError, WorkerStats};
 
 /// The marker type of the pool's internal queues, whose records are raw bytes.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -86,6 +86,15 @@ pub(crate) type Outcome = Result<Raw, TaskError>;
 #[derive(Clone, Copy, Debug)]
 enum KillReason {
     TimeLimit(Duration),
+    Cancelled,
+}
+
+/// What is left of a task's retry policy.
+#[derive(Clone, Copy, Debug)]
+struct RetryLeft {
+    left: u32,
+    on_crash: bool,
+    on_error: bool,
 }
 
 /// A task the pool knows of: waiting (it holds its record) or in a worker's queue.
@@ -104,6 +113,8 @@ struct Task {
     count: u32,
     time_limit: Option<Duration>,
     killed: Option<KillReason>,
+    /// Attempts left; a task that may be retried keeps its record and descriptors.
+    retry: Option<RetryLeft>,
 }
 
 /// What a batch does when it completes, in the thread that completed it.
@@ -138,6 +149,8 @@ struct Batch {
     urgent: bool,
     /// Its completion callback is running (its outcomes are out of the batch meanwhile).
     completing: bool,
+    /// Some of its tasks were cancelled.
+    cancelled: bool,
 }
 
 impl Batch {
@@ -153,6 +166,7 @@ impl Batch {
             on_complete,
             wanted: true,
             completing: false,
+            cancelled: false,
         }
     }
 
@@ -233,6 +247,15 @@ pub(crate) struct Engine {
     maxtasks: u64,
     /// Names workers: `ForkPoolWorker`, ...
     worker_name: String,
+    /// The pool's retry policy, for tasks that have none of their own.
+    retry: Option<Retry>,
+}
+
+/// Options of one task.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TaskOpts {
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) retry: Option<Retry>,
 }
 
 /// Locks a mutex whatever happened to a thread that held it: the pool's state stays
@@ -247,6 +270,7 @@ impl Engine {
         processes: usize,
         maxtasks: u64,
         worker_name: String,
+        retry: Option<Retry>,
         factory: Factory,
     ) -> Result<Arc<Self>, PoolError> {
         let results = Queue::<Record>::builder()
@@ -281,6 +305,7 @@ impl Engine {
             processes,
             maxtasks,
             worker_name,
+            retry,
         });
         {
             let mut st = lock(&engine.state);
@@ -394,8 +419,17 @@ impl Engine {
         batch: u64,
         offsets: (u64, u64),
         items: Encoded,
-        time_limit: Option<Duration>,
+        opts: TaskOpts,
     ) -> Result<u64, PoolError> {
+        let TaskOpts { time_limit, retry } = opts;
+        let retry = retry
+            .or(self.retry)
+            .filter(|r| r.attempts > 1)
+            .map(|r| RetryLeft {
+                left: r.attempts - 1,
+                on_crash: r.on_crash,
+                on_error: r.on_error,
+            });
         let Encoded {
             body,
             fds,
@@ -437,6 +471,7 @@ impl Engine {
                 count,
                 time_limit,
                 killed: None,
+                retry,
             },
         );
         st.pending.push_back(id);
@@ -483,8 +518,10 @@ impl Engine {
             match w.tasks.put_raw(&task.record, &task.fds, false, None) {
                 Ok(()) => {
                     st.pending.pop_front();
-                    task.record = Vec::new();
-                    task.fds.clear();
+                    if task.retry.is_none() {
+                        task.record = Vec::new();
+                        task.fds.clear();
+                    }
                     task.worker = Some(w.serial);
                     if w.assigned.is_empty() {
                         w.since = Instant::now();
@@ -617,12 +654,32 @@ impl Engine {
         ready: impl Fn(&BatchView<'_>) -> bool,
         deadline: Option<Instant>,
     ) -> bool {
-        let check = |st: &State| -> bool {
-            match st.batches.get(&batch) {
+        self.wait_any(&[batch], ready, deadline).is_some()
+    }
+
+    /// Waits until `ready` holds for one of `batches` (a batch that is gone counts as
+    /// ready) or the deadline passes; returns the position of one for which it holds.
+    pub(crate) fn wait_any(
+        &self,
+        batches: &[u64],
+        ready: impl Fn(&BatchView<'_>) -> bool,
+        deadline: Option<Instant>,
+    ) -> Option<usize> {
+        let which = |st: &State| -> Option<usize> {
+            batches.iter().position(|id| match st.batches.get(id) {
                 Some(b) => ready(&BatchView { batch: b }),
                 None => true,
-            }
+            })
         };
+        let check = |st: &State| which(st).is_some();
+        self.wait_for(&check, deadline)
+            .then(|| which(&lock(&self.state)))
+            .flatten()
+    }
+
+    /// Waits until `check(state)` or the deadline, collecting results meanwhile if no other
+    /// thread does. True if it holds.
+    fn wait_for(&self, check: &dyn Fn(&State) -> bool, deadline: Option<Instant>) -> bool {
         let mut st = lock(&self.state);
         loop {
             if check(&st) {
@@ -633,7 +690,7 @@ impl Engine {
             }
             if let Ok(role) = self.collecting.try_lock() {
                 drop(st);
-                let met = self.collect(&check, deadline);
+                let met = self.collect(check, deadline);
                 drop(role);
                 st = lock(&self.state);
                 self.wake_waiters(&st);
@@ -818,7 +875,9 @@ impl Engine {
 
     fn on_result(&self, st: &mut State, h: ResultHeader, body: &[u8], fds: Vec<OwnedFd>) {
         let now = Instant::now();
+        let items = st.tasks.get(&h.id).map_or(0, |t| u64::from(t.count));
         if let Some(w) = st.workers.iter_mut().find(|w| w.serial == h.worker) {
+            w.stats.items += items;
             if let Some(pos) = w.assigned.iter().position(|&id| id == h.id) {
                 w.assigned.remove(pos);
             }
@@ -834,6 +893,14 @@ impl Engine {
         }
         .max(1);
         let Some(task) = st.tasks.remove(&h.id) else {
+            return;
+        };
+        let failed = matches!(h.kind, wire::RESULT_FAILED | wire::RESULT_PANICKED);
+        let Some(task) = (if failed {
+            Self::try_retry(st, h.id, task, false)
+        } else {
+            Some(task)
+        }) else {
             return;
         };
         let outcome = match h.kind {
@@ -896,8 +963,17 @@ impl Engine {
             let Some(task) = st.tasks.remove(&id) else {
                 continue;
             };
+            let crashed = !matches!(task.killed, Some(KillReason::Cancelled));
+            let Some(task) = (if crashed {
+                Self::try_retry(st, id, task, true)
+            } else {
+                Some(task)
+            }) else {
+                continue;
+            };
             let error = match task.killed {
                 Some(KillReason::TimeLimit(limit)) => TaskError::TimeLimit { limit, pid: w.pid },
+                Some(KillReason::Cancelled) => TaskError::Cancelled,
                 None => TaskError::WorkerDied {
                     pid: w.pid,
                     cause: cause.clone().unwrap_or(ChildError::Exited(0)),
@@ -933,6 +1009,117 @@ impl Engine {
             }
         }
         self.dispatch(st);
+    }
+
+    /// Puts a failed task back to wait if its retry policy allows it (`crash`: its worker
+    /// died or ran out of time; otherwise it failed or panicked); gives it back otherwise.
+    fn try_retry(st: &mut State, id: u64, mut task: Task, crash: bool) -> Option<Task> {
+        let Some(r) = task.retry.as_mut() else {
+            return Some(task);
+        };
+        if r.left == 0 || !(if crash { r.on_crash } else { r.on_error }) {
+            return Some(task);
+        }
+        r.left -= 1;
+        // The worker took the shared objects the arguments name; the next one takes them
+        // again.
+        Segment::add_transits(&task.by_name);
+        task.worker = None;
+        task.killed = None;
+        st.tasks.insert(id, task);
+        st.pending.push_front(id);
+        None
+    }
+
+    /// Takes back the tasks a worker has not started: out of its queue, to the front of the
+    /// waiting line, in their order. Returns their ids.
+    fn reclaim(st: &mut State, serial: u32) -> Vec<u64> {
+        let Some(w) = st.workers.iter_mut().find(|w| w.serial == serial) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        let mut rec = Vec::new();
+        loop {
+            rec.clear();
+            match w.tasks.take_raw(false, None, &mut rec) {
+                Ok(fds) => {
+                    if let Some((h, _)) = TaskHeader::read(&rec) {
+                        if let Some(pos) = w.assigned.iter().position(|&id| id == h.id) {
+                            w.assigned.remove(pos);
+                        }
+                        w.budget = w.budget.saturating_add(1);
+                        taken.push((h.id, rec.clone(), fds));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let mut ids = Vec::new();
+        for (id, record, fds) in taken.into_iter().rev() {
+            if let Some(t) = st.tasks.get_mut(&id) {
+                t.record = record;
+                t.fds = fds;
+                t.worker = None;
+                st.pending.push_front(id);
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Cancels every unfinished task of a batch: one still waiting (in the pool or in a
+    /// worker's queue) is dropped, a running one has its worker killed (and replaced). True
+    /// if any task was cancelled.
+    pub(crate) fn cancel(&self, batch: u64) -> bool {
+        let mut st = lock(&self.state);
+        let mut ids: Vec<u64> = st
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.batch == batch)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let mut any = false;
+        for id in ids {
+            let Some(serial) = st.tasks.get(&id).map(|t| t.worker) else {
+                continue;
+            };
+            if let Some(serial) = serial {
+                Self::reclaim(&mut st, serial);
+            }
+            if let Some(pos) = st.pending.iter().position(|&p| p == id) {
+                st.pending.remove(pos);
+                if let Some(task) = st.tasks.remove(&id) {
+                    Segment::take_back_transits(&task.by_name);
+                    let done = Self::finish(&mut st, &task, Err(TaskError::Cancelled));
+                    Self::defer_completions(task.batch, done);
+                    any = true;
+                }
+                continue;
+            }
+            // Started: only killing its worker stops it.
+            let State { workers, tasks, .. } = &mut *st;
+            if let (Some(task), Some(serial)) = (tasks.get_mut(&id), serial) {
+                if let Some(w) = workers.iter_mut().find(|w| w.serial == serial) {
+                    if task.killed.is_none() {
+                        task.killed = Some(KillReason::Cancelled);
+                        w.stopping = true;
+                        let _ = w.process.kill();
+                        any = true;
+                    }
+                }
+            }
+        }
+        if any {
+            if let Some(b) = st.batches.get_mut(&batch) {
+                b.cancelled = true;
+            }
+        }
+        self.dispatch(&mut st);
+        self.wake_waiters(&st);
+        drop(st);
+        self.run_deferred_if_any();
+        any
     }
 
     /// Fails every waiting task (not yet in a worker's queue) with `error`.
@@ -1225,6 +1412,9 @@ impl BatchView<'_> {
     }
     pub(crate) fn failed(&self) -> bool {
         self.batch.failed
+    }
+    pub(crate) fn cancelled(&self) -> bool {
+        self.batch.cancelled
     }
     pub(crate) fn has_ready(&self) -> bool {
         !self.batch.outcomes.arrival.is_empty()

@@ -4,15 +4,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::callable::TaskFn;
-
-use super::engine::Engine;
+use super::engine::{Engine, TaskOpts};
 use super::result::decode_outcome;
-use super::{MapOptions, Pool, PoolError, TaskError, encode_items, offsets};
+use super::{Func, MapOptions, Pool, PoolError, TaskError, encode_items};
 
 /// Tasks in flight per worker when the options do not say.
 const IN_FLIGHT_PER_WORKER: usize = 64;
@@ -26,7 +23,7 @@ pub(crate) struct Stream<'p, I, R> {
     offsets: (u64, u64),
     chunksize: usize,
     window: u64,
-    task_timeout: Option<Duration>,
+    opts: TaskOpts,
     submitted: u64,
     taken: u64,
     /// The next chunk an ordered stream gives back.
@@ -49,15 +46,15 @@ where
     I::Item: Serialize,
     R: DeserializeOwned,
 {
-    pub(crate) fn open<F: TaskFn<Item = I::Item, Output = R>>(
+    pub(crate) fn open(
         pool: &'p Pool,
-        f: F,
+        f: Func<I::Item, R>,
         items: I,
         chunksize: usize,
         options: &MapOptions,
         ordered: bool,
     ) -> Result<Self, PoolError> {
-        let offsets = offsets(f)?;
+        let offsets = f.offsets;
         let batch = pool.engine.new_batch(None)?;
         let window = options
             .in_flight
@@ -69,7 +66,7 @@ where
             offsets,
             chunksize,
             window,
-            task_timeout: options.task_timeout,
+            opts: options.task_opts(),
             submitted: 0,
             taken: 0,
             next_index: 0,
@@ -98,7 +95,7 @@ where
             }
             let added = encode_items(&chunk).and_then(|items| {
                 self.engine
-                    .add_task(self.batch, self.offsets, items, self.task_timeout)
+                    .add_task(self.batch, self.offsets, items, self.opts)
             });
             match added {
                 Ok(index) => {

@@ -26,6 +26,7 @@
 //! next to this file.
 
 mod engine;
+mod futures;
 mod iter;
 mod result;
 mod wire;
@@ -43,12 +44,15 @@ use crate::error::{ChildError, ProcessError};
 use crate::queue::QueueError;
 use crate::shm::segment::Segment;
 
-use engine::{Engine, Factory, WorkerQueues};
+use engine::{Engine, Factory, TaskOpts, WorkerQueues};
 use worker::{WorkerBoot, worker_main};
 
-pub use crate::callable::TaskFn;
+pub use crate::callable::{StateTaskFn, TaskFn};
+pub use futures::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
 pub use iter::{IMap, IMapUnordered};
 pub use result::AsyncResult;
+pub(crate) use worker::with_worker_state;
+pub use worker::worker_id;
 
 /// An error of the pool itself (as opposed to one task's: [`TaskError`]). Messages follow
 /// CPython's where it has one.
@@ -190,7 +194,9 @@ pub enum TaskError {
 /// let pool = multiproc::Pool::new(2)?;
 /// pool.map(|x: u32| x + 1, 0..100)?;
 /// let stats = pool.worker_stats();
-/// assert_eq!(stats.iter().map(|s| s.tasks).sum::<u64>(), 100);
+/// // CPython's default chunks: ceil(100 / (4 * 2)) = 13 items per task, 8 tasks.
+/// assert_eq!(stats.iter().map(|s| s.tasks).sum::<u64>(), 8);
+/// assert_eq!(stats.iter().map(|s| s.items).sum::<u64>(), 100);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,12 +207,71 @@ pub struct WorkerStats {
     pub pid: u32,
     /// Tasks it finished (a chunk of a map counts once).
     pub tasks: u64,
+    /// Items it finished (every item of a chunk).
+    pub items: u64,
     /// Time spent running tasks.
     pub busy: Duration,
     /// Time alive and not running a task.
     pub idle: Duration,
     /// Whether it is still part of the pool.
     pub alive: bool,
+}
+
+/// When a failed task is tried again: an optional policy of a pool
+/// ([`PoolBuilder::retry`]) or of one map ([`MapOptions::retry`]).
+///
+/// A *crash* is the death of the worker running the task (a signal, an abort, an exit) or
+/// its time limit; an *error* is a panic of the task (for a chunk of a map, of any of its
+/// items: the whole chunk runs again) or a task that could not run. The task's last outcome
+/// is what its result gives.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Pool, RawValue, Retry};
+///
+/// /// Kills its worker the first time, works the second.
+/// fn flaky(runs: RawValue<u32>) -> u32 {
+///     if runs.fetch_add(1) == 0 {
+///         std::process::abort();
+///     }
+///     runs.load()
+/// }
+///
+/// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+/// let pool = Pool::builder().processes(1).retry(Retry::new(3)).build()?;
+/// let runs = RawValue::new(0u32)?;
+/// assert_eq!(pool.apply(flaky, runs.clone())?, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    attempts: u32,
+    on_crash: bool,
+    on_error: bool,
+}
+
+impl Retry {
+    /// At most `attempts` runs in all (the first included), retrying after a crash only.
+    pub fn new(attempts: u32) -> Self {
+        Self {
+            attempts: attempts.max(1),
+            on_crash: true,
+            on_error: false,
+        }
+    }
+
+    /// Whether a crash (the worker died, or the time limit) is retried (default: yes).
+    pub fn on_crash(mut self, yes: bool) -> Self {
+        self.on_crash = yes;
+        self
+    }
+
+    /// Whether an error (a panic, a task that could not run) is retried (default: no).
+    pub fn on_error(mut self, yes: bool) -> Self {
+        self.on_error = yes;
+        self
+    }
 }
 
 /// Options of one map or imap call.
@@ -227,6 +292,7 @@ pub struct MapOptions {
     chunksize: Option<usize>,
     in_flight: Option<usize>,
     task_timeout: Option<Duration>,
+    retry: Option<Retry>,
 }
 
 impl MapOptions {
@@ -255,6 +321,19 @@ impl MapOptions {
         self.task_timeout = Some(limit);
         self
     }
+
+    /// A retry policy for this call's tasks (instead of the pool's).
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    fn task_opts(&self) -> TaskOpts {
+        TaskOpts {
+            time_limit: self.task_timeout,
+            retry: self.retry,
+        }
+    }
 }
 
 /// Builds a [`Pool`] with CPython's options.
@@ -280,6 +359,7 @@ impl MapOptions {
 /// ```
 pub struct PoolBuilder {
     processes: Option<usize>,
+    retry: Option<Retry>,
     maxtasks: usize,
     context: Option<Context>,
     init: Option<InitFactory>,
@@ -305,6 +385,12 @@ impl PoolBuilder {
     /// The number of workers (default: [`cpu_count`](crate::cpu_count)).
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
+        self
+    }
+
+    /// Retries failed tasks by this policy (default: none).
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
         self
     }
 
@@ -335,6 +421,107 @@ impl PoolBuilder {
                     maxtasks,
                     context,
                     Some((TrustedFn(f), args.clone())),
+                    None,
+                )
+            },
+        ));
+        self
+    }
+
+    /// A state for every worker (mpire's `worker_state`): `init(args)` runs once in each
+    /// worker, replacements too, and what it returns is handed (as `&mut S`) to every task
+    /// submitted with the `*_state` calls ([`Pool::apply_state`], [`Pool::map_state`], ...).
+    /// The state stays in its worker: it need not be serializable (a connection, a cache, a
+    /// loaded model). Replaces an [`initializer`](Self::initializer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    ///
+    /// fn new_cache(_: ()) -> HashMap<u64, u64> {
+    ///     HashMap::new()
+    /// }
+    ///
+    /// /// Counts, in this worker, how often each key was seen.
+    /// fn seen(cache: &mut HashMap<u64, u64>, key: u64) -> u64 {
+    ///     let n = cache.entry(key).or_default();
+    ///     *n += 1;
+    ///     *n
+    /// }
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::builder()
+    ///     .processes(1)
+    ///     .worker_state(new_cache, ())
+    ///     .build()?;
+    /// assert_eq!(pool.map_state(seen, [7, 7, 8, 7])?, [1, 2, 1, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_state<I, S>(mut self, init: fn(I) -> S, args: I) -> Self
+    where
+        I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        S: 'static,
+    {
+        self.init = Some(Arc::new(
+            move |queues: WorkerQueues, maxtasks, context: &Context| {
+                worker_process(
+                    queues,
+                    maxtasks,
+                    context,
+                    Some((TrustedFn(init), args.clone())),
+                    None,
+                )
+            },
+        ));
+        self
+    }
+
+    /// [`worker_state`](Self::worker_state) with an exit hook: `exit(state)` runs in a
+    /// worker that ends cleanly (at [`Pool::join`], or after `maxtasksperchild` tasks), not
+    /// in one that is killed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::Queue;
+    ///
+    /// fn open(log: Queue<String>) -> (Queue<String>, u32) {
+    ///     (log, 0)
+    /// }
+    /// fn work(state: &mut (Queue<String>, u32), x: u32) -> u32 {
+    ///     state.1 += 1;
+    ///     x
+    /// }
+    /// fn close((log, n): (Queue<String>, u32)) {
+    ///     log.put(format!("worker ran {n} tasks")).unwrap();
+    /// }
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let log = Queue::new(0)?;
+    /// let pool = multiproc::Pool::builder()
+    ///     .processes(1)
+    ///     .worker_state_and_exit(open, log.clone(), close)
+    ///     .build()?;
+    /// pool.map_state(work, 0..5)?;
+    /// pool.close();
+    /// pool.join()?;
+    /// assert_eq!(log.get()?, "worker ran 5 tasks");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn worker_state_and_exit<I, S>(mut self, init: fn(I) -> S, args: I, exit: fn(S)) -> Self
+    where
+        I: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        S: 'static,
+    {
+        self.init = Some(Arc::new(
+            move |queues: WorkerQueues, maxtasks, context: &Context| {
+                worker_process(
+                    queues,
+                    maxtasks,
+                    context,
+                    Some((TrustedFn(init), args.clone())),
+                    Some(exit),
                 )
             },
         ));
@@ -364,32 +551,35 @@ impl PoolBuilder {
         let factory: Factory = Box::new(move |queues| {
             let p = match &init {
                 Some(make) => make(queues, maxtasks, &context),
-                None => worker_process::<()>(queues, maxtasks, &context, None),
+                None => worker_process::<(), ()>(queues, maxtasks, &context, None, None),
             };
             Ok(p)
         });
-        let engine = Engine::start(processes, maxtasks, name.to_owned(), factory)?;
+        let engine = Engine::start(processes, maxtasks, name.to_owned(), self.retry, factory)?;
         Ok(Pool { engine })
     }
 }
 
-fn worker_process<I>(
+fn worker_process<I, S>(
     queues: WorkerQueues,
     maxtasks: u64,
     context: &Context,
-    init: worker::Init<I>,
+    init: worker::Init<I, S>,
+    exit: Option<fn(S)>,
 ) -> Process
 where
     I: Serialize + DeserializeOwned + 'static,
+    S: 'static,
 {
     context.process(
-        worker_main::<I>,
+        worker_main::<I, S>,
         WorkerBoot {
             serial: queues.serial,
             tasks: queues.tasks,
             results: queues.results,
             maxtasks,
             init,
+            exit: exit.map(TrustedFn),
         },
     )
 }
@@ -468,10 +658,39 @@ fn encode_items<T: Serialize>(items: &[T]) -> Result<Encoded, PoolError> {
     }
 }
 
-fn offsets<F: TaskFn>(f: F) -> Result<(u64, u64), PoolError> {
-    TaskCallable::new(f)
-        .to_offsets()
-        .map_err(|e| PoolError::Function(e.to_string()))
+/// A task function ready to go to workers: its code offsets, with the types of its items
+/// and results.
+pub(crate) struct Func<T, R> {
+    offsets: (u64, u64),
+    _types: std::marker::PhantomData<fn(T) -> R>,
+}
+
+impl<T, R> Clone for Func<T, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T, R> Copy for Func<T, R> {}
+
+impl<T, R> Func<T, R> {
+    fn from_callable(c: TaskCallable) -> Result<Self, PoolError> {
+        let offsets = c
+            .to_offsets()
+            .map_err(|e| PoolError::Function(e.to_string()))?;
+        Ok(Self {
+            offsets,
+            _types: std::marker::PhantomData,
+        })
+    }
+
+    fn plain<F: TaskFn<Item = T, Output = R>>(f: F) -> Result<Self, PoolError> {
+        Self::from_callable(TaskCallable::new(f))
+    }
+
+    fn with_state<F: StateTaskFn<Item = T, Output = R>>(f: F) -> Result<Self, PoolError> {
+        Self::from_callable(TaskCallable::with_state(f))
+    }
 }
 
 /// CPython's default chunk size for `map`: `ceil(len / (4 * workers))`.
@@ -512,6 +731,7 @@ impl Pool {
     pub fn builder() -> PoolBuilder {
         PoolBuilder {
             processes: None,
+            retry: None,
             maxtasks: 0,
             context: None,
             init: None,
@@ -581,7 +801,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.submit_one(f, args, None, None)
+        self.submit_one(Func::plain(f), args, None, None)
     }
 
     /// [`apply_async`](Self::apply_async) with CPython's `callback` and `error_callback`: one
@@ -622,7 +842,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let on_complete = result::callbacks::<R>(callback, error_callback);
-        self.submit_one(f, args, Some(on_complete), None)
+        self.submit_one(Func::plain(f), args, Some(on_complete), None)
     }
 
     /// [`apply_async`](Self::apply_async) with a time limit: if the task still runs after
@@ -662,12 +882,12 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.submit_one(f, args, None, Some(limit))
+        self.submit_one(Func::plain(f), args, None, Some(limit))
     }
 
     fn submit_one<A, R>(
         &self,
-        f: fn(A) -> R,
+        func: Result<Func<A, R>, PoolError>,
         args: A,
         on_complete: Option<engine::OnComplete>,
         limit: Option<Duration>,
@@ -676,10 +896,14 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let offsets = offsets(f)?;
+        let offsets = func?.offsets;
         let encoded = encode_items(std::slice::from_ref(&args))?;
         let batch = self.engine.new_batch(on_complete)?;
-        let added = self.engine.add_task(batch, offsets, encoded, limit);
+        let opts = TaskOpts {
+            time_limit: limit,
+            retry: None,
+        };
+        let added = self.engine.add_task(batch, offsets, encoded, opts);
         self.engine.seal(batch);
         let result = AsyncResult::new(self.engine.clone(), batch, result::decode_one::<R>);
         added.map(|_| result)
@@ -764,7 +988,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.map_fn(f, items, options)
+        self.map_fn(Func::plain(f), items, options)
     }
 
     /// Applies `f` to the two parts of every pair (CPython's `starmap`, for two arguments).
@@ -792,31 +1016,32 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = (A, B)>,
     {
-        self.map_fn(f, items, &MapOptions::new())
+        self.map_fn(Func::plain(f), items, &MapOptions::new())
     }
 
-    fn map_fn<F: TaskFn, I: IntoIterator<Item = F::Item>>(
+    fn map_fn<T: Serialize, R: DeserializeOwned, I: IntoIterator<Item = T>>(
         &self,
-        f: F,
+        f: Result<Func<T, R>, PoolError>,
         items: I,
         options: &MapOptions,
-    ) -> Result<Vec<F::Output>, TaskError> {
+    ) -> Result<Vec<R>, TaskError> {
+        let f = f?;
         let items = items.into_iter();
         let (lo, hi) = items.size_hint();
         if options.chunksize.is_none() && hi != Some(lo) {
             // Unknown length: read it whole, as CPython does, for the default chunk size.
-            let all: Vec<F::Item> = items.collect();
+            let all: Vec<T> = items.collect();
             return self.map_known(f, all.into_iter(), options);
         }
         self.map_known(f, items, options)
     }
 
-    fn map_known<F: TaskFn, I: Iterator<Item = F::Item>>(
+    fn map_known<T: Serialize, R: DeserializeOwned, I: Iterator<Item = T>>(
         &self,
-        f: F,
+        f: Func<T, R>,
         items: I,
         options: &MapOptions,
-    ) -> Result<Vec<F::Output>, TaskError> {
+    ) -> Result<Vec<R>, TaskError> {
         let len = items.size_hint().0;
         let chunksize = match options.chunksize {
             Some(0) => return Err(PoolError::ChunkSize(0).into()),
@@ -824,7 +1049,7 @@ impl Pool {
             None => default_chunksize(len, self.processes()),
         };
         let mut stream = iter::Stream::open(self, f, items, chunksize, options, false)?;
-        let mut out: Vec<Option<F::Output>> = Vec::with_capacity(len);
+        let mut out: Vec<Option<R>> = Vec::with_capacity(len);
         let mut first_error: Option<(usize, TaskError)> = None;
         while let Some((index, chunk)) = stream.next_chunk()? {
             let base = index as usize * chunksize;
@@ -879,7 +1104,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.map_async_fn(f, items, None)
+        self.map_async_fn(Func::plain(f), items, None)
     }
 
     /// [`starmap`](Self::starmap), returning at once (`starmap_async`).
@@ -908,29 +1133,30 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = (A, B)>,
     {
-        self.map_async_fn(f, items, None)
+        self.map_async_fn(Func::plain(f), items, None)
     }
 
-    fn map_async_fn<F: TaskFn, I: IntoIterator<Item = F::Item>>(
+    fn map_async_fn<T: Serialize, R: DeserializeOwned + 'static, I: IntoIterator<Item = T>>(
         &self,
-        f: F,
+        f: Result<Func<T, R>, PoolError>,
         items: I,
         chunksize: Option<usize>,
-    ) -> Result<AsyncResult<Vec<F::Output>>, PoolError> {
-        let items: Vec<F::Item> = items.into_iter().collect();
+    ) -> Result<AsyncResult<Vec<R>>, PoolError> {
+        let f = f?;
+        let items: Vec<T> = items.into_iter().collect();
         let chunksize = match chunksize {
             Some(0) => return Err(PoolError::ChunkSize(0)),
             Some(n) => n,
             None => default_chunksize(items.len(), self.processes()),
         };
-        let offsets = offsets(f)?;
+        let offsets = f.offsets;
         let batch = self.engine.new_batch(None)?;
-        let result = AsyncResult::new(self.engine.clone(), batch, result::decode_all::<F::Output>);
+        let result = AsyncResult::new(self.engine.clone(), batch, result::decode_all::<R>);
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let chunk: Vec<F::Item> = items.by_ref().take(chunksize).collect();
+            let chunk: Vec<T> = items.by_ref().take(chunksize).collect();
             self.engine
-                .add_task(batch, offsets, encode_items(&chunk)?, None)?;
+                .add_task(batch, offsets, encode_items(&chunk)?, TaskOpts::default())?;
         }
         self.engine.seal(batch);
         Ok(result)
@@ -1001,7 +1227,14 @@ impl Pool {
         if chunksize == 0 {
             return Err(PoolError::ChunkSize(0));
         }
-        let stream = iter::Stream::open(self, f, items.into_iter(), chunksize, options, true)?;
+        let stream = iter::Stream::open(
+            self,
+            Func::plain(f)?,
+            items.into_iter(),
+            chunksize,
+            options,
+            true,
+        )?;
         Ok(IMap::new(stream))
     }
 
@@ -1071,7 +1304,14 @@ impl Pool {
         if chunksize == 0 {
             return Err(PoolError::ChunkSize(0));
         }
-        let stream = iter::Stream::open(self, f, items.into_iter(), chunksize, options, false)?;
+        let stream = iter::Stream::open(
+            self,
+            Func::plain(f)?,
+            items.into_iter(),
+            chunksize,
+            options,
+            false,
+        )?;
         Ok(IMapUnordered::new(stream))
     }
 
@@ -1132,6 +1372,148 @@ impl Pool {
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) -> Result<(), PoolError> {
         self.engine.shut_down(cancel_futures);
         if wait { self.join() } else { Ok(()) }
+    }
+
+    /// [`apply_async`](Self::apply_async) for a task that takes its worker's state (see
+    /// [`PoolBuilder::worker_state`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Self::apply_async). A pool whose workers have no state of type
+    /// `S` fails the task with a panic that says so.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn zero(_: ()) -> u64 {
+    ///     0
+    /// }
+    /// fn add(total: &mut u64, x: u64) -> u64 {
+    ///     *total += x;
+    ///     *total
+    /// }
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::builder().processes(1).worker_state(zero, ()).build()?;
+    /// pool.apply_state(add, 5)?;
+    /// assert_eq!(pool.apply_async_state(add, 2)?.get()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_async_state<S, A, R>(
+        &self,
+        f: fn(&mut S, A) -> R,
+        args: A,
+    ) -> Result<AsyncResult<R>, PoolError>
+    where
+        S: 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.submit_one(Func::with_state(f), args, None, None)
+    }
+
+    /// [`apply`](Self::apply) for a task that takes its worker's state.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async_state`](Self::apply_async_state) and [`apply`](Self::apply).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn name(_: ()) -> String {
+    ///     format!("worker {}", multiproc::pool::worker_id().unwrap())
+    /// }
+    /// fn greet(me: &mut String, who: String) -> String {
+    ///     format!("{who}, from {me}")
+    /// }
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::builder().processes(1).worker_state(name, ()).build()?;
+    /// assert_eq!(pool.apply_state(greet, "hi".to_string())?, "hi, from worker 1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_state<S, A, R>(&self, f: fn(&mut S, A) -> R, args: A) -> Result<R, TaskError>
+    where
+        S: 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async_state(f, args)?.get()
+    }
+
+    /// [`map_with`](Self::map_with) for a task that takes its worker's state.
+    ///
+    /// # Errors
+    ///
+    /// As [`map_with`](Self::map_with).
+    ///
+    /// # Examples
+    ///
+    /// See [`PoolBuilder::worker_state`].
+    pub fn map_state<S, A, R, I>(
+        &self,
+        f: fn(&mut S, A) -> R,
+        items: I,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        S: 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_fn(Func::with_state(f), items, &MapOptions::new())
+    }
+
+    /// [`imap_with`](Self::imap_with) for a task that takes its worker's state.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap_with`](Self::imap_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn offset(base: u32) -> u32 {
+    ///     base
+    /// }
+    /// fn shift(base: &mut u32, x: u32) -> u32 {
+    ///     *base + x
+    /// }
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::builder().processes(2).worker_state(offset, 100).build()?;
+    /// let v: Vec<u32> = pool
+    ///     .imap_state(shift, 0..3, &multiproc::MapOptions::new())?
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(v, [100, 101, 102]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn imap_state<S, A, R, I>(
+        &self,
+        f: fn(&mut S, A) -> R,
+        items: I,
+        options: &MapOptions,
+    ) -> Result<IMap<'_, I::IntoIter, R>, PoolError>
+    where
+        S: 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let chunksize = options.chunksize.unwrap_or(1);
+        if chunksize == 0 {
+            return Err(PoolError::ChunkSize(0));
+        }
+        let stream = iter::Stream::open(
+            self,
+            Func::with_state(f)?,
+            items.into_iter(),
+            chunksize,
+            options,
+            true,
+        )?;
+        Ok(IMap::new(stream))
     }
 
     /// No more tasks may be submitted; those submitted still run (`close`).

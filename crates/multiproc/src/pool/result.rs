@@ -200,6 +200,61 @@ impl<R> AsyncResult<R> {
         })
     }
 
+    /// Cancels the task (for a map, every task not yet finished): one still waiting is
+    /// dropped, a running one has its worker killed and replaced. Its result then gives
+    /// [`TaskError::Cancelled`]. False if nothing was left to cancel (it had finished).
+    ///
+    /// Unlike CPython's `Future.cancel`, a running task can be cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::TaskError;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let long = pool.apply_async(std::thread::sleep, Duration::from_secs(60))?;
+    /// assert!(long.cancel());
+    /// assert!(matches!(long.get(), Err(TaskError::Cancelled)));
+    /// assert!(long.cancelled());
+    /// assert_eq!(pool.apply(|x: u8| x, 1)?, 1); // a fresh worker took over
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        self.engine.cancel(self.batch)
+    }
+
+    /// Whether [`cancel`](Self::cancel) cancelled something.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u8| x, 1)?;
+    /// r.wait();
+    /// assert!(!r.cancel() && !r.cancelled());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.engine.with_batch(self.batch, |_, b| b.cancelled())
+    }
+
+    /// Whether it finished with an error (for a map: any item).
+    pub(crate) fn failed(&self) -> bool {
+        self.engine
+            .with_batch(self.batch, |_, b| b.complete() && b.failed())
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(crate) fn batch(&self) -> u64 {
+        self.batch
+    }
+
     fn take(&self) -> Result<R, TaskError> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return Err(TaskError::Taken);

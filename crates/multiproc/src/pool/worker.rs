@@ -5,6 +5,9 @@
 //! item), put the result record into the pool's result queue, and go on, until a STOP
 //! record, its `maxtasksperchild`, or its parent's end (a pool worker is a daemon).
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -19,42 +22,100 @@ use super::wire::{self, ResultHeader, TaskHeader};
 /// A worker's instructions: a Process argument.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "I: Serialize + DeserializeOwned + 'static")]
-pub(crate) struct WorkerBoot<I: Serialize + DeserializeOwned + 'static> {
+pub(crate) struct WorkerBoot<I: Serialize + DeserializeOwned + 'static, S: 'static> {
     pub(crate) serial: u32,
     pub(crate) tasks: Queue<Record>,
     pub(crate) results: Queue<Record>,
     /// Tasks before the worker exits (0: no limit).
     pub(crate) maxtasks: u64,
-    pub(crate) init: Init<I>,
+    pub(crate) init: Init<I, S>,
+    /// Runs with the worker's state when it ends cleanly.
+    pub(crate) exit: Option<TrustedFn<fn(S)>>,
 }
 
-/// A worker's initializer and its arguments.
-pub(crate) type Init<I> = Option<(TrustedFn<fn(I)>, I)>;
+/// A worker's initializer (which makes its state) and its arguments.
+pub(crate) type Init<I, S> = Option<(TrustedFn<fn(I) -> S>, I)>;
+
+static WORKER_ID: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// The state the initializer made, for tasks that take it.
+    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// In a pool worker, its id in the pool (1, 2, ...; a replacement gets a new one); `None`
+/// elsewhere.
+///
+/// # Examples
+///
+/// ```
+/// fn whoami(_: ()) -> Option<u32> {
+///     multiproc::pool::worker_id()
+/// }
+///
+/// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+/// let pool = multiproc::Pool::new(1)?;
+/// assert_eq!(pool.apply(whoami, ())?, Some(1));
+/// assert_eq!(multiproc::pool::worker_id(), None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn worker_id() -> Option<u32> {
+    match WORKER_ID.load(Ordering::Relaxed) {
+        0 => None,
+        id => Some(id),
+    }
+}
+
+/// Runs `f` on this worker's state. Panics (which fails the task, not the worker) if the
+/// worker has no state of type `S`.
+pub(crate) fn with_worker_state<S: 'static, T>(f: impl FnOnce(&mut S) -> T) -> T {
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut().and_then(|b| b.downcast_mut::<S>()) {
+            Some(state) => f(state),
+            None => panic!(
+                "this task takes a worker state of type {}, which this pool's workers do not \
+                 have (see PoolBuilder::worker_state)",
+                std::any::type_name::<S>()
+            ),
+        }
+    })
+}
 
 /// The worker's whole life.
-pub(crate) fn worker_main<I: Serialize + DeserializeOwned + 'static>(boot: WorkerBoot<I>) {
+pub(crate) fn worker_main<I, S>(boot: WorkerBoot<I, S>)
+where
+    I: Serialize + DeserializeOwned + 'static,
+    S: 'static,
+{
     let WorkerBoot {
         serial,
         tasks,
         results,
         maxtasks,
         init,
+        exit,
     } = boot;
+    WORKER_ID.store(serial, Ordering::Relaxed);
     if let Some((TrustedFn(f), args)) = init {
-        if let Err(panic) = crate::bootstrap::catch_panic(|| f(args)) {
-            let mut rec = Vec::new();
-            ResultHeader {
-                id: 0,
-                kind: wire::RESULT_INIT_FAILED,
-                worker: serial,
-                busy_ns: 0,
-                done: 0,
+        match crate::bootstrap::catch_panic(|| f(args)) {
+            Ok(state) => STATE.with(|cell| *cell.borrow_mut() = Some(Box::new(state))),
+            Err(panic) => {
+                let mut rec = Vec::new();
+                ResultHeader {
+                    id: 0,
+                    kind: wire::RESULT_INIT_FAILED,
+                    worker: serial,
+                    busy_ns: 0,
+                    done: 0,
+                }
+                .write(&mut rec);
+                if <crate::codec::Postcard as crate::codec::Codec>::encode(&panic, &mut rec).is_ok()
+                {
+                    let _ = results.put_raw(&rec, &[], true, None);
+                }
+                crate::bootstrap::exit_child(1);
             }
-            .write(&mut rec);
-            if <crate::codec::Postcard as crate::codec::Codec>::encode(&panic, &mut rec).is_ok() {
-                let _ = results.put_raw(&rec, &[], true, None);
-            }
-            crate::bootstrap::exit_child(1);
         }
     }
     let mut record = Vec::new();
@@ -70,7 +131,7 @@ pub(crate) fn worker_main<I: Serialize + DeserializeOwned + 'static>(boot: Worke
             continue;
         };
         if h.kind == wire::TASK_STOP {
-            return;
+            break;
         }
         let started = Instant::now();
         out.clear();
@@ -120,7 +181,13 @@ pub(crate) fn worker_main<I: Serialize + DeserializeOwned + 'static>(boot: Worke
             let _ = results.put_raw(&out, &[], true, None);
         }
         if maxtasks != 0 && done >= maxtasks {
-            return;
+            break;
+        }
+    }
+    if let Some(TrustedFn(hook)) = exit {
+        let state = STATE.with(|cell| cell.borrow_mut().take());
+        if let Some(state) = state.and_then(|b| b.downcast::<S>().ok()) {
+            hook(*state);
         }
     }
 }

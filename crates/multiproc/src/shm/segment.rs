@@ -402,6 +402,14 @@ impl Segment {
         }
     }
 
+    /// Counts the named segments in transit once more: an encoding sent again (a pool task
+    /// retried) names them again.
+    pub(crate) fn add_transits(names: &[String]) {
+        for name in names {
+            tracker::send_quietly(&Msg::InTransit(name.clone()));
+        }
+    }
+
     /// Opens a name that came without its descriptor, taking over one transit.
     pub(crate) fn open_received(name: String, tracked: bool) -> Result<Arc<Self>, ShmError> {
         let fd = sys::shm_open(&name)
