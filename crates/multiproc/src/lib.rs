@@ -193,6 +193,9 @@ pub use context::{
     get_context, get_start_method, set_start_method, set_start_method_force,
 };
 pub use error::{ChildError, ContextError, ProcessError};
+/// indicatif, whose progress bars [`MapOptions::progress_bar`] takes.
+#[cfg(feature = "progress")]
+pub use indicatif;
 pub use multiproc_macros::{main, test};
 pub use pool::{
     AsyncResult, IMap, IMapUnordered, MapOptions, Pool, PoolBuilder, PoolError, Retry, TaskError,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -32,13 +33,24 @@ pub(crate) struct Stream<'p, I, R> {
     sealed: bool,
     /// Items of each chunk not yet taken.
     counts: HashMap<u64, u32>,
+    /// The whole call's deadline.
+    deadline: Option<Instant>,
+    #[cfg(feature = "progress")]
+    progress: Option<indicatif::ProgressBar>,
     /// The pool it borrows (the stream must not outlive it).
     _pool: PhantomData<&'p Pool>,
     _r: PhantomData<fn() -> R>,
 }
 
-/// The next chunk: its index and its items' values.
-pub(crate) type Chunk<R> = (u64, Vec<Result<R, TaskError>>);
+/// What [`Stream::next_chunk`] found.
+pub(crate) enum Next<R> {
+    /// A finished chunk: its index and its items' values.
+    Chunk(u64, Vec<Result<R, TaskError>>),
+    /// The call's timeout, or the one given, passed first.
+    TimedOut,
+    /// Every chunk has been given.
+    End,
+}
 
 impl<'p, I, R> Stream<'p, I, R>
 where
@@ -56,6 +68,14 @@ where
     ) -> Result<Self, PoolError> {
         let offsets = f.offsets;
         let batch = pool.engine.new_batch(None)?;
+        #[cfg(feature = "progress")]
+        let progress = options
+            .progress
+            .clone()
+            .inspect(|bar| match items.size_hint() {
+                (lo, Some(hi)) if lo == hi => bar.set_length(lo as u64),
+                _ => bar.unset_length(),
+            });
         let window = options
             .in_flight
             .unwrap_or(IN_FLIGHT_PER_WORKER * pool.processes()) as u64;
@@ -73,6 +93,9 @@ where
             ordered,
             sealed: false,
             counts: HashMap::new(),
+            deadline: options.timeout.map(|t| Instant::now() + t),
+            #[cfg(feature = "progress")]
+            progress,
             _pool: PhantomData,
             _r: PhantomData,
         })
@@ -122,12 +145,20 @@ where
         }
     }
 
-    /// The next finished chunk, waiting for it; `None` once every chunk has been given.
-    pub(crate) fn next_chunk(&mut self) -> Result<Option<Chunk<R>>, PoolError> {
+    /// The next finished chunk, waiting for it until the call's deadline or `until`.
+    pub(crate) fn next_chunk(&mut self, until: Option<Instant>) -> Result<Next<R>, PoolError> {
+        let deadline = match (self.deadline, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         loop {
             self.feed()?;
             if self.sealed && self.taken == self.submitted {
-                return Ok(None);
+                #[cfg(feature = "progress")]
+                if let Some(bar) = &self.progress {
+                    bar.finish();
+                }
+                return Ok(Next::End);
             }
             let (ordered, next) = (self.ordered, self.next_index);
             let got = self.engine.with_batch(self.batch, |o, _| {
@@ -153,7 +184,14 @@ where
                     self.next_index += 1;
                 }
                 let n = self.counts.remove(&index).unwrap_or(1);
-                return Ok(Some((index, decode_outcome(outcome, n))));
+                #[cfg(feature = "progress")]
+                if let Some(bar) = &self.progress {
+                    bar.inc(u64::from(n));
+                }
+                return Ok(Next::Chunk(index, decode_outcome(outcome, n)));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Next::TimedOut);
             }
             self.engine.wait_batch(
                 self.batch,
@@ -164,7 +202,7 @@ where
                         b.has_ready()
                     }
                 },
-                None,
+                deadline,
             );
         }
     }
@@ -192,7 +230,8 @@ where
     I::Item: Serialize,
     R: DeserializeOwned,
 {
-    fn next_item(&mut self) -> Option<Result<R, TaskError>> {
+    /// The next item; `until` bounds this one wait (the iterator goes on after it).
+    fn next_item(&mut self, until: Option<Instant>) -> Option<Result<R, TaskError>> {
         loop {
             if let Some(v) = self.buffer.pop_front() {
                 return Some(v);
@@ -200,9 +239,16 @@ where
             if self.done {
                 return None;
             }
-            match self.stream.next_chunk() {
-                Ok(Some((_, values))) => self.buffer.extend(values),
-                Ok(None) => self.done = true,
+            match self.stream.next_chunk(until) {
+                Ok(Next::Chunk(_, values)) => self.buffer.extend(values),
+                Ok(Next::End) => self.done = true,
+                Ok(Next::TimedOut) => {
+                    // The call's own timeout ends it; a wait's only ends the wait.
+                    if self.stream.deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.done = true;
+                    }
+                    return Some(Err(TaskError::Timeout));
+                }
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e.into()));
@@ -242,6 +288,34 @@ impl<'p, I, R> IMap<'p, I, R> {
     }
 }
 
+impl<I, R> IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    /// The next item, waiting at most `timeout` for it (CPython's `next(timeout)`):
+    /// `Some(Err(TaskError::Timeout))` if it is not ready in time, and the iterator goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::TaskError;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let mut it = pool.imap(std::thread::sleep, [Duration::from_millis(300)])?;
+    /// assert!(matches!(it.next_timeout(Duration::from_millis(1)), Some(Err(TaskError::Timeout))));
+    /// assert!(matches!(it.next_timeout(Duration::from_secs(20)), Some(Ok(()))));
+    /// assert!(it.next().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.items.next_item(Some(Instant::now() + timeout))
+    }
+}
+
 impl<I, R> Iterator for IMap<'_, I, R>
 where
     I: Iterator,
@@ -251,7 +325,7 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.items.next_item()
+        self.items.next_item(None)
     }
 }
 
@@ -293,6 +367,34 @@ impl<'p, I, R> IMapUnordered<'p, I, R> {
     }
 }
 
+impl<I, R> IMapUnordered<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    /// The next item, waiting at most `timeout` for it (CPython's `next(timeout)`):
+    /// `Some(Err(TaskError::Timeout))` if it is not ready in time, and the iterator goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::TaskError;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let mut it = pool.imap_unordered(std::thread::sleep, [Duration::from_millis(300)])?;
+    /// assert!(matches!(it.next_timeout(Duration::from_millis(1)), Some(Err(TaskError::Timeout))));
+    /// assert!(matches!(it.next_timeout(Duration::from_secs(20)), Some(Ok(()))));
+    /// assert!(it.next().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.items.next_item(Some(Instant::now() + timeout))
+    }
+}
+
 impl<I, R> Iterator for IMapUnordered<'_, I, R>
 where
     I: Iterator,
@@ -302,7 +404,7 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.items.next_item()
+        self.items.next_item(None)
     }
 }
 

@@ -292,7 +292,10 @@ pub struct MapOptions {
     chunksize: Option<usize>,
     in_flight: Option<usize>,
     task_timeout: Option<Duration>,
+    timeout: Option<Duration>,
     retry: Option<Retry>,
+    #[cfg(feature = "progress")]
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl MapOptions {
@@ -319,6 +322,71 @@ impl MapOptions {
     /// [`TaskError::TimeLimit`], and its worker is killed and replaced.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
+        self
+    }
+
+    /// A time limit for the whole call: `map` gives [`TaskError::Timeout`] if its results are
+    /// not all in by then, and an imap iterator gives one `Err(TaskError::Timeout)` for the
+    /// item it was waiting for, then ends. The tasks still running go on (cancel them with a
+    /// per-task [`task_timeout`](Self::task_timeout) instead if they must stop).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{MapOptions, TaskError};
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let opts = MapOptions::new().timeout(Duration::from_millis(50));
+    /// let slow = [Duration::from_millis(0), Duration::from_secs(5)];
+    /// assert!(matches!(pool.map_with(std::thread::sleep, slow, &opts), Err(TaskError::Timeout)));
+    /// pool.terminate();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Shows a progress bar (on standard error, when it is a terminal) that advances with
+    /// every finished item; its length is the input's when the iterator knows it, and a
+    /// count otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let opts = multiproc::MapOptions::new().progress();
+    /// assert_eq!(pool.map_with(|x: u32| x, 0..1000, &opts)?.len(), 1000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(self) -> Self {
+        self.progress_bar(indicatif::ProgressBar::new(0))
+    }
+
+    /// Advances this progress bar (any indicatif bar: styled, hidden, in a `MultiProgress`)
+    /// with every finished item; its length is set to the input's when the iterator knows
+    /// it. It is finished when the call has every result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::indicatif::ProgressBar;
+    ///
+    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let bar = ProgressBar::hidden();
+    /// let opts = multiproc::MapOptions::new().progress_bar(bar.clone());
+    /// pool.map_with(|x: u32| x, 0..100, &opts)?;
+    /// assert_eq!((bar.position(), bar.length()), (100, Some(100)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = Some(bar);
         self
     }
 
@@ -1051,7 +1119,12 @@ impl Pool {
         let mut stream = iter::Stream::open(self, f, items, chunksize, options, false)?;
         let mut out: Vec<Option<R>> = Vec::with_capacity(len);
         let mut first_error: Option<(usize, TaskError)> = None;
-        while let Some((index, chunk)) = stream.next_chunk()? {
+        loop {
+            let (index, chunk) = match stream.next_chunk(None)? {
+                iter::Next::Chunk(index, chunk) => (index, chunk),
+                iter::Next::TimedOut => return Err(TaskError::Timeout),
+                iter::Next::End => break,
+            };
             let base = index as usize * chunksize;
             for (k, item) in chunk.into_iter().enumerate() {
                 let at = base + k;
