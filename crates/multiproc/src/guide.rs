@@ -39,4 +39,13 @@
 //! | `qsize`, `empty`, `full`, `close` | [`qsize`](crate::Queue::qsize), [`empty`](crate::Queue::empty), [`full`](crate::Queue::full), [`close`](crate::Queue::close) | |
 //! | `JoinableQueue`: `task_done`, `join` | [`JoinableQueue`](crate::JoinableQueue): [`task_done`](crate::JoinableQueue::task_done), [`join`](crate::JoinableQueue::join), [`join_timeout`](crate::JoinableQueue::join_timeout) | |
 //! | `SimpleQueue` | [`SimpleQueue`](crate::SimpleQueue) | |
+//! | `Pool(processes, initializer, initargs, maxtasksperchild, context)` | [`Pool::new`](crate::Pool::new), [`Pool::builder`](crate::Pool::builder) | [`initializer`](crate::PoolBuilder::initializer), [`maxtasksperchild`](crate::PoolBuilder::maxtasksperchild), [`context`](crate::PoolBuilder::context) |
+//! | `pool.apply(f, args)`, `apply_async(f, args, callback, error_callback)` | [`apply`](crate::Pool::apply), [`apply_async`](crate::Pool::apply_async), [`apply_async_with`](crate::Pool::apply_async_with) | callbacks get `&R` / `&TaskError` |
+//! | `pool.map(f, it, chunksize)`, `map_async` | [`map`](crate::Pool::map), [`map_with`](crate::Pool::map_with) ([`MapOptions`](crate::MapOptions)), [`map_async`](crate::Pool::map_async) | the error of the first failed item |
+//! | `pool.starmap(f, pairs)`, `starmap_async` | [`starmap`](crate::Pool::starmap), [`starmap_async`](crate::Pool::starmap_async) | two-argument functions |
+//! | `pool.imap(f, it, chunksize)`, `imap_unordered` | [`imap`](crate::Pool::imap), [`imap_unordered`](crate::Pool::imap_unordered), [`imap_with`](crate::Pool::imap_with) | lazy input; items are `Result`s |
+//! | `pool.close()`, `terminate()`, `join()` | [`close`](crate::Pool::close), [`terminate`](crate::Pool::terminate), [`join`](crate::Pool::join) | dropping a pool terminates it |
+//! | `AsyncResult.get(t)`, `wait`, `ready`, `successful` | [`AsyncResult`](crate::AsyncResult): [`get`](crate::AsyncResult::get), [`get_timeout`](crate::AsyncResult::get_timeout), [`wait`](crate::AsyncResult::wait), [`ready`](crate::AsyncResult::ready), [`successful`](crate::AsyncResult::successful) | also a `Future` |
+//! | `ProcessPoolExecutor.submit`, `shutdown(wait, cancel_futures)` | [`Pool::submit`](crate::Pool::submit), [`Pool::shutdown`](crate::Pool::shutdown) | one pool type for both styles |
+//! | `Future.cancel()`, `concurrent.futures.wait`, `as_completed` | [`AsyncResult::cancel`](crate::AsyncResult::cancel), [`pool::wait`](crate::pool::wait()), [`pool::as_completed`](crate::pool::as_completed()) | a running task can be cancelled too |
 //! | `ProcessError`, `TimeoutError` | [`ProcessError`](crate::ProcessError), [`ChildError`](crate::ChildError) | |

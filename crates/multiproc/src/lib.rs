@@ -4,7 +4,7 @@
 //! and none of CPython's traps.
 //!
 //! This release has processes and start methods, connections, shared memory,
-//! synchronisation and queues; the pool and the manager build on them (see the README's
+//! synchronisation, queues and the pool; the manager builds on them (see the README's
 //! table).
 //!
 //! ## A first process
@@ -151,6 +151,38 @@
 //! for w in &mut workers {
 //!     w.join().unwrap();
 //! }
+//! ```
+//!
+//! ## A pool of workers
+//!
+//! A [`Pool`] runs tasks (`fn(A) -> R`) on worker processes: CPython's `map`, `imap`,
+//! `apply_async` and the executor's `submit`. A worker that dies fails only the task it was
+//! running, and is replaced; a panic comes back as an error and the worker goes on.
+//!
+//! ```
+//! use multiproc::{Pool, StartMethod, TaskError};
+//!
+//! fn collatz_steps(mut n: u64) -> u32 {
+//!     let mut steps = 0;
+//!     while n != 1 {
+//!         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+//!         steps += 1;
+//!     }
+//!     steps
+//! }
+//!
+//! fn crash(_: ()) {
+//!     std::process::abort();
+//! }
+//!
+//! # multiproc::set_start_method(StartMethod::Fork).unwrap();
+//! let pool = Pool::new(2).unwrap();
+//! let steps = pool.map(collatz_steps, 1..=10_000).unwrap();
+//! assert_eq!(steps[26], 111); // 27 takes 111 steps
+//! assert!(matches!(pool.apply(crash, ()), Err(TaskError::WorkerDied { .. })));
+//! assert_eq!(pool.apply(collatz_steps, 27).unwrap(), 111); // a new worker took over
+//! let mut lazy = pool.imap(collatz_steps, 1..).unwrap(); // endless input, constant memory
+//! assert_eq!(lazy.next().unwrap().unwrap(), 0);
 //! ```
 //!
 //! ## Guide

@@ -21,9 +21,8 @@
 //! through serde, shared objects included (a [`Lock`](crate::Lock), a
 //! [`Queue`](crate::Queue), an [`Array`](crate::Array), a [`Connection`](crate::Connection)).
 //!
-//! How it works — the task and result records, who dispatches and who collects, what happens
-//! when a worker dies — is in [`README.md`](https://github.com/multiproc/multiproc/blob/main/crates/multiproc/src/pool/README.md)
-//! next to this file.
+//! How it works (the task and result records, who dispatches and who collects, what happens
+//! when a worker dies) is in `pool/README.md`.
 
 mod engine;
 mod futures;
@@ -1390,7 +1389,7 @@ impl Pool {
 
     /// Submits one task and returns its future (`ProcessPoolExecutor.submit`): the same
     /// as [`apply_async`](Self::apply_async), whose [`AsyncResult`] is also a
-    /// [`Future`](std::future::Future).
+    /// [`std::future::Future`].
     ///
     /// # Errors
     ///
