@@ -451,8 +451,11 @@ pub(crate) fn run_child(
 
 /// Runs one task of a pool worker (on the target's thread), catching a panic: its message and
 /// location, as the hook recorded them, come back as the error.
+///
+/// The hook's record is taken (not cleared beforehand, which would cost a thread-local access
+/// per item of a chunk); a stale record, of a panic the task caught itself, is told apart by
+/// its message.
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
-    LAST_PANIC.with(|p| *p.borrow_mut() = None);
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = panic_message(payload.as_ref());
         let location = LAST_PANIC

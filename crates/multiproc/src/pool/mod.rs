@@ -1116,7 +1116,7 @@ impl Pool {
             None => default_chunksize(len, self.processes()),
         };
         let mut stream = iter::Stream::open(self, f, items, chunksize, options, false)?;
-        let mut out: Vec<Option<R>> = Vec::with_capacity(len);
+        let mut out: Vec<Option<R>> = Vec::with_capacity(len.min(1 << 16));
         let mut first_error: Option<(usize, TaskError)> = None;
         loop {
             let (index, chunk) = match stream.next_chunk(None)? {
