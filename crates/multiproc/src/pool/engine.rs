@@ -195,7 +195,7 @@ struct Worker {
     since: Instant,
     /// Tasks it may still be given (`maxtasksperchild`); `u64::MAX` without a limit.
     budget: u64,
-    /// It was sent STOP (or was killed on purpose): it gets nothing more.
+    /// It was sent STOP, was killed, or has ended: it gets nothing more.
     stopping: bool,
     /// The watcher has posted its exit.
     exit_posted: bool,
@@ -527,11 +527,9 @@ impl Engine {
                         w.since = Instant::now();
                     }
                     w.assigned.push_back(id);
+                    // At 0 it exits after this task: nothing more goes to it (unless a task
+                    // is taken back from its queue, which gives the budget back).
                     w.budget -= 1;
-                    if w.budget == 0 {
-                        // It exits after this task: nothing more goes to it.
-                        w.stopping = true;
-                    }
                 }
                 // Its queue is busy (its lock held for long): try again at the next change.
                 Err(PutFail::Full) => return,

@@ -872,8 +872,10 @@ impl Pool {
     }
 
     /// [`apply_async`](Self::apply_async) with CPython's `callback` and `error_callback`: one
-    /// of them runs with the outcome as soon as the task finishes, on a pool thread (keep it
-    /// short). The result is still there for [`AsyncResult::get`].
+    /// of them runs with the outcome as soon as the task finishes, on the thread collecting
+    /// the pool's results (keep it short, and do not wait in it for another result of the
+    /// same pool: that thread would be the one to collect it). A panic in a callback is
+    /// printed and goes no further. The result is still there for [`AsyncResult::get`].
     ///
     /// # Errors
     ///
