@@ -151,7 +151,9 @@ where
                 ok.by_name,
             ),
             Err(message) => {
-                out.truncate(wire::HEADER);
+                // (A failed encoding may have left `out` empty: postcard takes the buffer.)
+                out.clear();
+                out.resize(wire::HEADER, 0);
                 out.extend_from_slice(message.as_bytes());
                 (wire::RESULT_FAILED, Vec::new(), Vec::new())
             }
@@ -171,7 +173,9 @@ where
                 crate::queue::ring::PutFail::Error(e) => e.to_string(),
                 crate::queue::ring::PutFail::Full => "the result queue is full".to_owned(),
             };
-            out.truncate(wire::HEADER);
+            // (A failed encoding may have left `out` empty: postcard takes the buffer.)
+            out.clear();
+            out.resize(wire::HEADER, 0);
             out.extend_from_slice(format!("the result could not be sent: {message}").as_bytes());
             ResultHeader {
                 kind: wire::RESULT_FAILED,
