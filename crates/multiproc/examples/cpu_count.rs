@@ -1,6 +1,11 @@
-//! S21 `cpu_count`: the number of CPUs this process may use. It honours the affinity mask
-//! (run it under `taskset -c 0` and it says 1) and a cgroup CPU quota. (The scenario's second
-//! half, a pool's default size, waits for the pool.)
+//! S21 `cpu_count`: the number of CPUs this process may use, and a pool's default size, which
+//! equals it (the seed: "by default it is the number of CPUs"). It honours the affinity mask
+//! (run it under `taskset -c 0` and it says 1, for the pool too) and a cgroup CPU quota.
+//!
+//! Run with a start method as the argument (`fork`, `spawn`, `forkserver`; without one, the
+//! library's default): the pool's workers use it.
+
+use multiproc::Pool;
 
 /// The CPUs in this process's affinity mask, from `Cpus_allowed_list` (e.g. `0-3,8`).
 fn affinity_count() -> usize {
@@ -18,11 +23,23 @@ fn affinity_count() -> usize {
         .sum()
 }
 
-fn main() {
+#[multiproc::main]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(method) = std::env::args().nth(1) {
+        multiproc::set_start_method(method.parse()?)?;
+    }
     let n = multiproc::cpu_count();
     let mask = affinity_count();
     println!("cpu_count: {n}");
     println!("CPUs in the affinity mask: {mask}");
     // A cgroup quota below the mask would lower cpu_count further.
     println!("cpu_count equals the affinity mask: {}", n == mask);
+
+    // CPython's `Pool()`: as many workers as cpu_count().
+    let pool = Pool::builder().build()?;
+    let size = pool.processes();
+    println!("Pool::builder().build()?.processes(): {size}");
+    println!("live workers: {}", pool.pids().len());
+    println!("a pool's default size equals cpu_count: {}", size == n);
+    Ok(())
 }

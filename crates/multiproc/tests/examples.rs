@@ -426,10 +426,26 @@ fn cgroup_cpu_quota() -> bool {
     std::fs::read_to_string("/sys/fs/cgroup/cpu.max").is_ok_and(|s| !s.starts_with("max"))
 }
 
+/// Checks `cpu_count`'s lines on the pool's default size: `n` workers, all of them live.
+fn assert_pool_default_size(run: &Run, n: usize, what: &str) {
+    assert_eq!(
+        parse::<usize>(run.after("Pool::builder().build()?.processes(): ")),
+        n,
+        "{what}"
+    );
+    assert_eq!(parse::<usize>(run.after("live workers: ")), n, "{what}");
+    assert_eq!(
+        run.after("a pool's default size equals cpu_count: "),
+        "true",
+        "{what}"
+    );
+}
+
 #[test]
 fn s21_cpu_count() {
     let run = run_example("cpu_count", &[]);
     run.assert_success();
+    assert!(run.stderr.is_empty(), "unexpected stderr: {}", run.stderr);
     let n: usize = parse(run.after("cpu_count: "));
     let mask: usize = parse(run.after("CPUs in the affinity mask: "));
     assert!(n >= 1);
@@ -438,6 +454,15 @@ fn s21_cpu_count() {
     } else {
         assert_eq!(n, mask);
         assert_eq!(run.after("cpu_count equals the affinity mask: "), "true");
+    }
+    assert_eq!(n, multiproc::cpu_count(), "the test's own cpu_count");
+    assert_pool_default_size(&run, n, "default start method");
+    for method in START_METHODS {
+        let run = run_example("cpu_count", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        assert_eq!(parse::<usize>(run.after("cpu_count: ")), n, "{method}");
+        assert_pool_default_size(&run, n, method);
     }
 
     let has_taskset = Command::new("taskset")
@@ -458,6 +483,7 @@ fn s21_cpu_count() {
     pinned.assert_success();
     assert_eq!(pinned.after("cpu_count: "), "1");
     assert_eq!(pinned.after("CPUs in the affinity mask: "), "1");
+    assert_pool_default_size(&pinned, 1, "taskset -c 0");
 }
 
 #[test]
@@ -1503,70 +1529,384 @@ fn s27_worker_cache() {
     }
 }
 
+/// The lines a scenario of `lock_queue_scenarios` prints after its heading: ten jobs' blocks,
+/// each whole (the lock kept them apart), every index once, then the indices read back from
+/// the queue, the most jobs that ran at once (at most `ncores`), and the verdict. Returns the
+/// lines after them.
+fn check_lock_queue_scenario<'a>(
+    lines: &'a [&'a str],
+    name: &str,
+    ncores: usize,
+    what: &str,
+) -> &'a [&'a str] {
+    const BLOCK: [&str; 6] = ["I", "was", "here", "!!!!", "1111", "einhundertelfzigelf"];
+    let size = 10 * (BLOCK.len() + 1);
+    assert!(lines.len() >= size + 3, "{what}: {lines:#?}");
+    let jobs = &lines[..size];
+    let mut runs = Vec::new();
+    for block in jobs.chunks(BLOCK.len() + 1) {
+        assert_eq!(block[..BLOCK.len()], BLOCK, "{what}: {jobs:#?}");
+        runs.push(parse::<u32>(
+            block[BLOCK.len()].strip_prefix("By run ").expect("By run"),
+        ));
+    }
+    runs.sort_unstable();
+    assert_eq!(runs, (0..10).collect::<Vec<u32>>(), "{what}");
+
+    let rest = &lines[size..];
+    let mut back = parse_list(
+        rest[0]
+            .strip_prefix("read back from the queue: ")
+            .unwrap_or_else(|| panic!("{what}: {}", rest[0])),
+    );
+    back.sort_unstable();
+    assert_eq!(back, (0..10).collect::<Vec<u32>>(), "{what}");
+    let most: usize = parse(
+        rest[1]
+            .strip_prefix("most jobs running at once: ")
+            .and_then(|r| r.strip_suffix(&format!(" (ncores = {ncores})")))
+            .unwrap_or_else(|| panic!("{what}: {}", rest[1])),
+    );
+    assert!((1..=ncores).contains(&most), "{what}: {most} at once");
+    assert_eq!(
+        rest[2],
+        format!("{name} successful! All 10 indices came back."),
+        "{what}"
+    );
+    &rest[3..]
+}
+
 #[test]
 fn s24_lock_queue_scenarios() {
-    const BLOCK: [&str; 6] = ["I", "was", "here", "!!!!", "1111", "einhundertelfzigelf"];
     let cpus = multiproc::cpu_count();
     let ncores = cpus.min(3);
-    for method in START_METHODS {
-        let run = run_example("lock_queue_scenarios", &[method.as_ref()]);
+    for method in [None, Some("fork"), Some("spawn"), Some("forkserver")] {
+        let what = method.unwrap_or("the default start method");
+        let args: Vec<&std::ffi::OsStr> = method.iter().map(|m| m.as_ref()).collect();
+        let run = run_example("lock_queue_scenarios", &args);
         run.assert_success();
-        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        assert!(run.stderr.is_empty(), "{what}: {}", run.stderr);
         let lines = run.lines();
+
         assert_eq!(
-            lines[..4],
+            lines[0],
+            format!(
+                "Scenario 1 (Pool, plain Lock and Queue as task arguments, ncores = {ncores}; \
+                 CPython: RuntimeError: Lock objects should only be shared between processes \
+                 through inheritance):"
+            ),
+            "{what}"
+        );
+        let rest = check_lock_queue_scenario(&lines[1..], "Scenario 1", ncores, what);
+
+        assert_eq!(
+            rest[0],
+            format!(
+                "Scenario 1 with Pool(initializer, initargs) giving every worker the lock and \
+                 the queue, ncores = {ncores}:"
+            ),
+            "{what}"
+        );
+        let rest =
+            check_lock_queue_scenario(&rest[1..], "Scenario 1 with the initializer", ncores, what);
+
+        assert_eq!(
+            rest[..2],
             [
-                "Scenario 1 (Pool, plain Lock and Queue as task arguments; CPython: \
-                 RuntimeError: Lock objects should only be shared between processes through \
-                 inheritance): not yet, it comes with the pool",
-                "Scenario 1 with Pool(initializer, initargs) giving every worker the lock: not \
-                 yet, it comes with the pool",
-                "Scenario 2 (Pool, manager's Lock and Queue): not yet, it comes with the pool \
-                 and the manager",
+                "Scenario 2 (Pool, manager's Lock and Queue): not yet, it comes with the manager",
                 &format!(
                     "Scenario 3 (single processes, plain Lock and Queue as Process arguments, \
                      ncores = {ncores}: the seed's 3, cpu_count() = {cpus}):"
                 ),
             ],
-            "under {method}"
+            "{what}"
         );
-
-        // Ten jobs' lines, each job's whole: the lock kept them apart.
-        let jobs = &lines[4..4 + 10 * (BLOCK.len() + 1)];
-        let mut runs = Vec::new();
-        for block in jobs.chunks(BLOCK.len() + 1) {
-            assert_eq!(block[..BLOCK.len()], BLOCK, "{method}: {jobs:#?}");
-            runs.push(parse::<u32>(
-                block[BLOCK.len()].strip_prefix("By run ").expect("By run"),
-            ));
-        }
-        runs.sort_unstable();
-        assert_eq!(runs, (0..10).collect::<Vec<u32>>(), "{method}");
-
-        let rest = &lines[4 + jobs.len()..];
-        assert_eq!(rest.len(), 4, "{method}: {rest:?}");
-        let mut back = parse_list(
-            rest[0]
-                .strip_prefix("read back from the queue: ")
-                .expect("read back"),
-        );
-        back.sort_unstable();
-        assert_eq!(back, (0..10).collect::<Vec<u32>>(), "{method}");
-        let most: usize = parse(
-            rest[1]
-                .strip_prefix("most jobs running at once: ")
-                .and_then(|r| r.strip_suffix(&format!(" (ncores = {ncores})")))
-                .unwrap_or_else(|| panic!("{method}: {}", rest[1])),
-        );
-        assert!((1..=ncores).contains(&most), "{method}: {most} at once");
+        let rest = check_lock_queue_scenario(&rest[2..], "Scenario 3", ncores, what);
         assert_eq!(
-            rest[2..],
+            rest,
             [
-                "Scenario 3 successful! All 10 indices came back.",
                 "Scenario 4 (single processes, manager's Lock and Queue): not yet, it comes with \
-                 the manager",
+              the manager"
             ],
-            "under {method}"
+            "{what}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool: S03, S04, S05, S06, S25, S32 (S21 and S24 are above).
+
+/// `1.23s` as seconds.
+fn seconds(text: &str) -> f64 {
+    parse(
+        text.strip_suffix('s')
+            .unwrap_or_else(|| panic!("not seconds: {text:?}")),
+    )
+}
+
+/// One task line of `pool_map`: `<end>s passed...\t<value>\t(pid:<pid>, started at <start>s)`.
+#[derive(Debug)]
+struct MapTask {
+    start: f64,
+    end: f64,
+    value: u64,
+    pid: u32,
+}
+
+fn map_task(line: &str) -> MapTask {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let [end, value, rest] = fields[..] else {
+        panic!("not a task line: {line:?}");
+    };
+    let (pid, start) = rest
+        .strip_prefix("(pid:")
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(|r| r.split_once(", started at "))
+        .unwrap_or_else(|| panic!("not a task line: {line:?}"));
+    MapTask {
+        start: seconds(start),
+        end: seconds(end.strip_suffix(" passed...").expect("passed...")),
+        value: parse(value),
+        pid: parse(pid),
+    }
+}
+
+/// Checks that one-second tasks, the `k`th to end (from 0) ending at `ends[k]` seconds after
+/// the start, never ran more than three at a time: by `t` seconds, three workers can have
+/// ended at most `3 * floor(t)` of them, so the `k`th ended after at least `k / 3 + 1` s.
+fn assert_at_most_three_at_once(ends: &[f64], what: &str) {
+    for (k, &end) in ends.iter().enumerate() {
+        let least = (k / 3 + 1) as f64;
+        assert!(
+            end >= least - 0.01,
+            "{what}: result {k} after {end}s, before {least}s: more than three at once? {ends:?}"
+        );
+    }
+}
+
+#[test]
+fn s03_pool_map() {
+    let squares: Vec<u64> = (1..=10).map(|x| x * x).collect();
+    for method in START_METHODS {
+        let run = run_example("pool_map", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let lines = run.lines();
+        assert_eq!(lines.len(), 12, "{method}: {lines:#?}");
+
+        // map's result, in input order, after the ten tasks' own lines.
+        assert_eq!(lines[10], format!("{squares:?}"), "{method}");
+        let mut tasks: Vec<MapTask> = lines[..10].iter().map(|l| map_task(l)).collect();
+        let mut values: Vec<u64> = tasks.iter().map(|t| t.value).collect();
+        values.sort_unstable();
+        assert_eq!(values, squares, "{method}: every value computed once");
+
+        // Three workers, each running one task at a time.
+        let pids: HashSet<u32> = tasks.iter().map(|t| t.pid).collect();
+        assert!((1..=3).contains(&pids.len()), "{method}: {pids:?}");
+        for t in &tasks {
+            assert!(t.end - t.start >= 0.99, "{method}: {t:?} slept 1 s");
+        }
+        for pid in &pids {
+            let mut mine: Vec<&MapTask> = tasks.iter().filter(|t| t.pid == *pid).collect();
+            mine.sort_by(|a, b| a.start.total_cmp(&b.start));
+            for pair in mine.windows(2) {
+                assert!(pair[1].start >= pair[0].end, "{method}: {pair:?}");
+            }
+        }
+
+        // Three at a time: never more (the ends), and three did run at once (the overlaps).
+        let mut ends: Vec<f64> = tasks.iter().map(|t| t.end).collect();
+        ends.sort_by(f64::total_cmp);
+        assert_at_most_three_at_once(&ends, method);
+        let most_at_once = tasks
+            .iter()
+            .map(|t| {
+                tasks
+                    .iter()
+                    .filter(|u| u.start <= t.start && t.start < u.end)
+                    .count()
+            })
+            .max();
+        assert_eq!(most_at_once, Some(3), "{method}: {tasks:#?}");
+
+        // In batches of three, in input order: the first three to start computed 1, 4, 9, ...
+        tasks.sort_by(|a, b| a.start.total_cmp(&b.start));
+        let batches: Vec<Vec<u64>> = tasks
+            .chunks(3)
+            .map(|b| {
+                let mut v: Vec<u64> = b.iter().map(|t| t.value).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        assert_eq!(
+            batches,
+            [vec![1, 4, 9], vec![16, 25, 36], vec![49, 64, 81], vec![100]],
+            "{method}: {tasks:#?}"
+        );
+
+        // About 4 s in all: four rounds of one second.
+        let total = seconds(run.after("10 tasks on 3 workers in "));
+        assert!((3.5..8.0).contains(&total), "{method}: {total}s in all");
+        assert!(
+            total >= ends[9] - 0.01,
+            "{method}: {total}s, last end {}",
+            ends[9]
+        );
+    }
+}
+
+/// The README's main-job command runs S03, which [`s03_pool_map`] checks.
+#[test]
+fn readme_main_job_runs_pool_map() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let text = std::fs::read_to_string(&readme).expect("read the README");
+    let after = &text[text.find("\nMain job (").expect("a main job paragraph")..];
+    let command = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block after the main job paragraph");
+    assert_eq!(command.trim(), "cargo run --release --example pool_map");
+}
+
+#[test]
+fn s04_pool_starmap() {
+    run_under_every_start_method(
+        "pool_starmap",
+        &[
+            "pairs: [(2, 5), (3, 2), (10, 3), (7, 0)]",
+            "starmap(power, pairs) = [32, 9, 1000, 1]",
+            "starmap_async(power, pairs).get() = [32, 9, 1000, 1]",
+            "map(power_of_pair, pairs) = [32, 9, 1000, 1]",
+            r#"words: [("ab", 3), ("-", 5), ("xyz", 1)]"#,
+            r#"starmap(repeat, words) = ["ababab", "-----", "xyz"]"#,
+        ],
+    );
+}
+
+#[test]
+fn s05_pool_imap() {
+    let squares: Vec<u64> = (0..10).map(|x| x * x).collect();
+    for method in START_METHODS {
+        let run = run_example("pool_imap", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let lines = run.lines();
+        assert_eq!(lines.len(), 12, "{method}: {lines:#?}");
+
+        // imap returns at once, before any one-second task could have ended.
+        let returned = seconds(
+            lines[0]
+                .strip_prefix("imap(f, 0..10) returned after ")
+                .unwrap_or_else(|| panic!("{method}: {}", lines[0])),
+        );
+        assert!(returned < 1.0, "{method}: imap took {returned}s");
+
+        // The results in input order, each with the time it came.
+        let mut values = Vec::new();
+        let mut times = Vec::new();
+        for line in &lines[1..11] {
+            let (value, time) = line
+                .strip_prefix("next(it) = ")
+                .and_then(|l| l.split_once("\tafter "))
+                .unwrap_or_else(|| panic!("{method}: {line}"));
+            values.push(parse::<u64>(value));
+            times.push(seconds(time));
+        }
+        assert_eq!(values, squares, "{method}");
+        assert_eq!(lines[11], format!("all results: {squares:?}"), "{method}");
+
+        // Three at a time: never more, and the first three came together, in the first
+        // second's batch (with two at a time the third would need two seconds) ...
+        assert_at_most_three_at_once(&times, method);
+        assert!(times[2] < 2.0, "{method}: three at a time? {times:?}");
+        // ... long before the last, while the later tasks still ran (about 4 s in all).
+        assert!(times[9] >= 4.0 - 0.01, "{method}: {times:?}");
+        assert!(times[9] < 8.0, "{method}: {times:?}");
+    }
+}
+
+#[test]
+fn s06_pool_apply() {
+    for method in START_METHODS {
+        let run = run_example("pool_apply", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let lines = run.lines();
+        assert_eq!(lines.len(), 5, "{method}: {lines:#?}");
+
+        // apply blocks until the one-second task has given its result.
+        let blocked = seconds(
+            lines[0]
+                .strip_prefix("apply(f, 2) = 4\tafter ")
+                .and_then(|l| l.strip_suffix(" (it waited for the result)"))
+                .unwrap_or_else(|| panic!("{method}: {}", lines[0])),
+        );
+        assert!(blocked >= 1.0, "{method}: apply returned after {blocked}s");
+
+        // apply_async returns at once, not ready; get blocks until it is.
+        let (returned, ready) = lines[1]
+            .strip_prefix("apply_async(f, 3) returned after ")
+            .and_then(|l| l.split_once(": ready() = "))
+            .unwrap_or_else(|| panic!("{method}: {}", lines[1]));
+        let returned = seconds(returned);
+        assert!(returned < 0.5, "{method}: apply_async took {returned}s");
+        assert_eq!(ready, "false", "{method}");
+        assert!(
+            lines[2].starts_with("print(result1, result2): 4 AsyncResult { "),
+            "{method}: {}",
+            lines[2]
+        );
+        let waited = seconds(
+            lines[3]
+                .strip_prefix("result2.get() = 9\tafter ")
+                .and_then(|l| l.strip_suffix(" (it waited for the result)"))
+                .unwrap_or_else(|| panic!("{method}: {}", lines[3])),
+        );
+        assert!(waited >= 1.0, "{method}: get returned after {waited}s");
+        assert_eq!(lines[4], "ready() = true", "{method}");
+        assert!(run.elapsed < Duration::from_secs(20), "{method}");
+    }
+}
+
+#[test]
+fn s25_pool_squares() {
+    let run = run_example("pool_squares", &[]);
+    run.assert_success();
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert_eq!(run.lines(), ["[1, 4, 9]"]);
+    run_under_every_start_method("pool_squares", &["[1, 4, 9]"]);
+}
+
+#[test]
+fn s32_executor_shared_array() {
+    for method in START_METHODS {
+        let run = run_example("executor_shared_array", &[method.as_ref()]);
+        run.assert_success();
+        assert!(run.stderr.is_empty(), "{method}: {}", run.stderr);
+        let lines = run.lines();
+        assert_eq!(lines.len(), 4, "{method}: {lines:#?}");
+        // The tasks' writes into the Array and the Value, read back by the parent.
+        assert_eq!(
+            lines[..2],
+            [
+                "squared_nums: [0, 1, 4, 9, 16, 25]",
+                "squared_nums_total: 55"
+            ],
+            "{method}"
+        );
+        let workers: usize = parse(
+            lines[2]
+                .strip_prefix("6 tasks ran in ")
+                .and_then(|l| l.strip_suffix(" worker processes (max_workers = 3)"))
+                .unwrap_or_else(|| panic!("{method}: {}", lines[2])),
+        );
+        assert!((1..=3).contains(&workers), "{method}: {workers} workers");
+        assert_eq!(
+            lines[3], "submit after shutdown: cannot schedule new futures after shutdown",
+            "{method}"
         );
     }
 }
