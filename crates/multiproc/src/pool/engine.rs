@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -230,6 +231,8 @@ struct State {
     shutdown: bool,
     /// The executor's `shutdown` was called (submissions get its message).
     executor_shut_down: bool,
+    /// The background thread sleeps long while work is left (someone else collected).
+    background_idle: bool,
 }
 
 /// The engine shared by a [`Pool`](super::Pool), its results and its background threads.
@@ -242,6 +245,8 @@ pub(crate) struct Engine {
     results: Queue<Record>,
     /// The collecting role.
     collecting: Mutex<()>,
+    /// Someone holds the collecting role (so the background thread need not look often).
+    role_taken: AtomicBool,
     factory: Factory,
     processes: usize,
     maxtasks: u64,
@@ -296,11 +301,13 @@ impl Engine {
                 retired: Vec::new(),
                 shutdown: false,
                 executor_shut_down: false,
+                background_idle: false,
             }),
             changed: Condvar::new(),
             background: Condvar::new(),
             results,
             collecting: Mutex::new(()),
+            role_taken: AtomicBool::new(false),
             factory,
             processes,
             maxtasks,
@@ -635,6 +642,14 @@ impl Engine {
         }
     }
 
+    /// After a caller lets the collecting role go: the background thread takes over if a
+    /// callback or future waits, or if work is left and it is in its long sleep.
+    fn wake_background_if_needed(&self, st: &State) {
+        if st.urgent > 0 || (st.background_idle && !st.tasks.is_empty()) {
+            self.background.notify_one();
+        }
+    }
+
     fn wake_waiters(&self, st: &State) {
         if st.waiters > 0 {
             self.changed.notify_all();
@@ -692,9 +707,7 @@ impl Engine {
                 drop(role);
                 st = lock(&self.state);
                 self.wake_waiters(&st);
-                if st.urgent > 0 {
-                    self.background.notify_one();
-                }
+                self.wake_background_if_needed(&st);
                 if met {
                     return true;
                 }
@@ -783,6 +796,14 @@ impl Engine {
 
     /// Holding the collecting role: reads results until `done(state)` or the deadline.
     fn collect(&self, done: &dyn Fn(&State) -> bool, deadline: Option<Instant>) -> bool {
+        struct Taken<'a>(&'a AtomicBool);
+        impl Drop for Taken<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        self.role_taken.store(true, Ordering::Relaxed);
+        let _taken = Taken(&self.role_taken);
         let mut rec = Vec::new();
         loop {
             // Everything already there, under one lock.
@@ -1487,8 +1508,18 @@ fn background(engine: &Weak<Engine>) {
             if work && due {
                 true
             } else {
-                let wait = if work { GRACE } else { TICK };
-                let _ = e.background.wait_timeout(st, wait);
+                // A caller collecting wakes this thread if a callback or future needs it.
+                let quiet = !work || e.role_taken.load(Ordering::Relaxed);
+                let wait = if quiet { TICK } else { GRACE };
+                let mut st = st;
+                // A caller that lets the role go with work left wakes this thread then.
+                st.background_idle = work && quiet;
+                let mut st = e
+                    .background
+                    .wait_timeout(st, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                st.background_idle = false;
                 false
             }
         };
