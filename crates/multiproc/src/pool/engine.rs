@@ -29,7 +29,9 @@ use crate::shm::segment::Segment;
 use crate::sys;
 
 use super::wire::{self, ResultHeader, TaskHeader};
+use super::worker::Status;
 use super::{Encoded, PoolError, Retry, TaskError, WorkerStats};
+use crate::queue::QueueError;
 
 /// The marker type of the pool's internal queues, whose records are raw bytes.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -45,6 +47,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How much work (by the running average of task time) a worker's queue should hold, so that
 /// a worker finishing a task finds the next one waiting without hoarding long tasks.
 const QUEUE_AHEAD: Duration = Duration::from_micros(200);
+
+/// How often the watcher looks whether a task with a time limit has started.
+const LIMIT_LOOK: Duration = Duration::from_millis(5);
 
 /// The most tasks a worker's queue holds.
 const MAX_DEPTH: usize = 64;
@@ -63,6 +68,7 @@ pub(crate) struct WorkerQueues {
     pub(crate) serial: u32,
     pub(crate) tasks: Queue<Record>,
     pub(crate) results: Queue<Record>,
+    pub(crate) status: Status,
 }
 
 /// The pool's life: CPython's RUN, CLOSE, TERMINATE.
@@ -78,6 +84,17 @@ pub(crate) struct Raw {
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) items: u32,
+    /// Shared objects the results name, in transit until decoded: a result thrown away
+    /// undecoded takes their transits back (when dropped), so their memory is not kept.
+    pub(crate) by_name: Vec<String>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if !self.by_name.is_empty() {
+            Segment::take_back_transits(&self.by_name);
+        }
+    }
 }
 
 /// How one task ended.
@@ -190,6 +207,8 @@ struct Worker {
     tasks: Queue<Record>,
     /// A copy of its pidfd, for the watcher.
     sentinel: Arc<OwnedFd>,
+    /// What it runs now, as it says.
+    status: Status,
     /// Tasks in its queue or running, oldest (the one running) first.
     assigned: VecDeque<u64>,
     /// When the first task of `assigned` started, as far as the pool knows (at the latest).
@@ -354,10 +373,12 @@ impl Engine {
             .capacity(64 << 10)
             .build()
             .map_err(|e| PoolError::Queue(Arc::new(e)))?;
+        let status = Status::new().map_err(|e| PoolError::Queue(Arc::new(QueueError::Shm(e))))?;
         let mut process = (self.factory)(WorkerQueues {
             serial,
             tasks: tasks.clone(),
             results: self.results.clone(),
+            status: status.clone(),
         })
         .map_err(|e| PoolError::Start(Arc::new(e)))?;
         process = process
@@ -376,6 +397,7 @@ impl Engine {
             pid,
             tasks,
             sentinel: Arc::new(sentinel),
+            status,
             assigned: VecDeque::new(),
             since: now,
             budget: if self.maxtasks == 0 {
@@ -618,21 +640,21 @@ impl Engine {
                 None => return,
             }
         };
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut outcomes)));
+        // (The callbacks catch their own panics: see `result::callbacks`.)
+        f(&mut outcomes);
         let mut st = lock(&self.state);
         if let Some(b) = st.batches.get_mut(&batch) {
             b.outcomes = outcomes;
             b.completing = false;
+            // A future polled while the callback ran waits for this moment.
+            if let Some(w) = b.waker.take() {
+                w.wake();
+            }
             if !b.wanted {
                 st.batches.remove(&batch);
             }
         }
         self.changed.notify_all();
-        drop(st);
-        if let Err(payload) = ran {
-            // A callback's panic is the program's, not the pool's: let it show.
-            std::panic::resume_unwind(payload);
-        }
     }
 
     fn run_deferred(&self) {
@@ -922,14 +944,21 @@ impl Engine {
         }) else {
             return;
         };
+        let (entries, names) = split_names(body, h.names_len);
         let outcome = match h.kind {
+            // Cancelled while it finished: `cancel` said yes, so the result says so too.
+            _ if matches!(task.killed, Some(KillReason::Cancelled)) => {
+                Segment::take_back_transits(&names);
+                Err(TaskError::Cancelled)
+            }
             wire::RESULT_FAILED => Err(TaskError::Failed(
-                String::from_utf8_lossy(body).into_owned(),
+                String::from_utf8_lossy(entries).into_owned(),
             )),
             _ => Ok(Raw {
-                bytes: body.to_vec(),
+                bytes: entries.to_vec(),
                 fds,
                 items: task.count,
+                by_name: names,
             }),
         };
         let panicked = h.kind == wire::RESULT_PANICKED;
@@ -975,6 +1004,7 @@ impl Engine {
                     t.record = record;
                     t.fds = fds;
                     t.worker = None;
+                    t.killed = None;
                     back.push(id);
                 }
                 continue;
@@ -1116,11 +1146,13 @@ impl Engine {
                 }
                 continue;
             }
-            // Started: only killing its worker stops it.
+            // Out of the queue: running (only killing its worker stops it), or finished with
+            // its result on the way (then there is nothing to cancel).
             let State { workers, tasks, .. } = &mut *st;
             if let (Some(task), Some(serial)) = (tasks.get_mut(&id), serial) {
                 if let Some(w) = workers.iter_mut().find(|w| w.serial == serial) {
-                    if task.killed.is_none() {
+                    let running = w.status.running().is_some_and(|(r, _)| r == id);
+                    if running && task.killed.is_none() {
                         task.killed = Some(KillReason::Cancelled);
                         w.stopping = true;
                         let _ = w.process.kill();
@@ -1191,6 +1223,12 @@ impl Engine {
             w.stopping = true;
             let _ = w.process.kill();
         }
+        // What waits in the workers' queues will never be decoded: back to the pool, so
+        // that the shared objects its arguments name are released below.
+        let serials: Vec<u32> = st.workers.iter().map(|w| w.serial).collect();
+        for serial in serials {
+            Self::reclaim(&mut st, serial);
+        }
         let ids: Vec<u64> = st.tasks.keys().copied().collect();
         st.pending.clear();
         for id in ids {
@@ -1216,6 +1254,9 @@ impl Engine {
             Phase::Closed => {
                 // All the work first (collecting if nobody else does).
                 if !self.wait_all(deadline) {
+                    // As documented: what is left is ended.
+                    self.terminate();
+                    let _ = self.join(Some(Instant::now() + Duration::from_secs(5)));
                     return Err(PoolError::JoinTimeout);
                 }
             }
@@ -1340,14 +1381,22 @@ impl Engine {
             .map(|w| (w.serial, w.sentinel.clone()))
             .collect();
         let mut next: Option<Instant> = None;
+        let (now, now_ns) = (Instant::now(), sys::monotonic_ns());
         for w in &st.workers {
-            if let Some(limit) = w
-                .assigned
-                .front()
-                .and_then(|id| st.tasks.get(id))
-                .and_then(|t| t.time_limit)
-            {
-                let at = w.since + limit;
+            let timed = |id: &u64| st.tasks.get(id).and_then(|t| t.time_limit);
+            let at = match w.status.running() {
+                Some((id, started)) => timed(&id).map(|limit| {
+                    let ran = Duration::from_nanos(now_ns.saturating_sub(started));
+                    now + limit.saturating_sub(ran)
+                }),
+                // A timed task waits in its queue: look again soon, to see it start.
+                None => w
+                    .assigned
+                    .iter()
+                    .any(|id| timed(id).is_some())
+                    .then(|| now + LIMIT_LOOK),
+            };
+            if let Some(at) = at {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -1380,7 +1429,7 @@ impl Engine {
             kind,
             worker,
             busy_ns: 0,
-            done: 0,
+            names_len: 0,
         }
         .write(&mut rec);
         let _ = self.results.put_raw(&rec, &[], true, None);
@@ -1389,14 +1438,18 @@ impl Engine {
     /// Kills the workers whose running task has run out of time.
     fn enforce_time_limits(&self) {
         let mut st = lock(&self.state);
-        let now = Instant::now();
+        let now_ns = sys::monotonic_ns();
         let State { workers, tasks, .. } = &mut *st;
         for w in workers.iter_mut() {
-            let Some(task) = w.assigned.front().and_then(|id| tasks.get_mut(id)) else {
+            let Some((id, started)) = w.status.running() else {
+                continue;
+            };
+            let Some(task) = tasks.get_mut(&id) else {
                 continue;
             };
             if let Some(limit) = task.time_limit {
-                if task.killed.is_none() && now >= w.since + limit {
+                let ran = Duration::from_nanos(now_ns.saturating_sub(started));
+                if task.killed.is_none() && ran >= limit {
                     task.killed = Some(KillReason::TimeLimit(limit));
                     w.stopping = true;
                     let _ = w.process.kill();
@@ -1444,6 +1497,16 @@ impl BatchView<'_> {
     pub(crate) fn submitted(&self) -> u64 {
         self.batch.submitted
     }
+}
+
+/// Splits a result body into its entries and the names of the shared objects they hold.
+fn split_names(body: &[u8], names_len: u64) -> (&[u8], Vec<String>) {
+    let n = usize::try_from(names_len).unwrap_or(usize::MAX);
+    if n == 0 || n > body.len() {
+        return (body, Vec::new());
+    }
+    let (entries, names) = body.split_at(body.len() - n);
+    (entries, crate::codec::decode(names).unwrap_or_default())
 }
 
 /// How many tasks a worker's queue should hold, given the average task time.

@@ -647,6 +647,7 @@ where
             maxtasks,
             init,
             exit: exit.map(TrustedFn),
+            status: queues.status,
         },
     )
 }

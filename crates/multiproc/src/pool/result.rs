@@ -288,7 +288,12 @@ impl<R> Drop for AsyncResult<R> {
 
 /// Decodes the entries of one task's result, appending one value (or error) per item.
 pub(crate) fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskError>>) {
-    let Raw { bytes, fds, items } = raw;
+    let mut raw = raw;
+    let bytes = std::mem::take(&mut raw.bytes);
+    let fds = std::mem::take(&mut raw.fds);
+    let items = raw.items;
+    // Decoding takes the transits of the shared objects named (so the drop has none left).
+    raw.by_name.clear();
     fds::decoding(fds, || {
         let mut rest = &bytes[..];
         for _ in 0..items {

@@ -45,8 +45,10 @@ pub(crate) struct ResultHeader {
     pub(crate) worker: u32,
     /// How long the task ran in the worker, in nanoseconds.
     pub(crate) busy_ns: u64,
-    /// Tasks the worker has finished, this one included.
-    pub(crate) done: u64,
+    /// The body ends with this many bytes naming the shared objects the results hold by
+    /// name (a postcard `Vec<String>`; 0: none), so the pool can release them if the results
+    /// are never decoded.
+    pub(crate) names_len: u64,
 }
 
 fn word(bytes: &[u8], at: usize) -> u64 {
@@ -94,7 +96,7 @@ impl ResultHeader {
         out.extend_from_slice(&self.kind.to_le_bytes());
         out.extend_from_slice(&self.worker.to_le_bytes());
         out.extend_from_slice(&self.busy_ns.to_le_bytes());
-        out.extend_from_slice(&self.done.to_le_bytes());
+        out.extend_from_slice(&self.names_len.to_le_bytes());
     }
 
     /// Splits a record into its header and body; `None` if it is too short.
@@ -107,7 +109,7 @@ impl ResultHeader {
             kind: half(record, 8),
             worker: half(record, 12),
             busy_ns: word(record, 16),
-            done: word(record, 24),
+            names_len: word(record, 24),
         };
         Some((h, &record[HEADER..]))
     }
@@ -144,7 +146,7 @@ mod tests {
             kind: RESULT_DONE,
             worker: 3,
             busy_ns: 1_000_000,
-            done: 12,
+            names_len: 12,
         };
         let mut rec = vec![0u8; HEADER];
         r.rewrite(&mut rec);

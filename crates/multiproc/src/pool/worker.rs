@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::RawValue;
 use crate::callable::{TaskCallable, TrustedFn};
 use crate::queue::Queue;
 use crate::shm::segment::Segment;
@@ -31,6 +32,34 @@ pub(crate) struct WorkerBoot<I: Serialize + DeserializeOwned + 'static, S: 'stat
     pub(crate) init: Init<I, S>,
     /// Runs with the worker's state when it ends cleanly.
     pub(crate) exit: Option<TrustedFn<fn(S)>>,
+    /// What the worker is doing, for the pool to read.
+    pub(crate) status: Status,
+}
+
+/// Two words a worker writes and its pool reads: the id of the task it runs (0 between
+/// tasks) and when it started it (`CLOCK_MONOTONIC` nanoseconds). The start is written
+/// before the id, and the pool reads the id on both sides of the start, so a start it
+/// accepts is that task's.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Status {
+    pub(crate) task: RawValue<u64>,
+    pub(crate) started: RawValue<u64>,
+}
+
+impl Status {
+    pub(crate) fn new() -> Result<Self, crate::ShmError> {
+        Ok(Self {
+            task: RawValue::new(0)?,
+            started: RawValue::new(0)?,
+        })
+    }
+
+    /// The task running now and when it started, if any.
+    pub(crate) fn running(&self) -> Option<(u64, u64)> {
+        let id = self.task.load();
+        let started = self.started.load();
+        (id != 0 && self.task.load() == id).then_some((id, started))
+    }
 }
 
 /// A worker's initializer (which makes its state) and its arguments.
@@ -95,6 +124,7 @@ where
         maxtasks,
         init,
         exit,
+        status,
     } = boot;
     WORKER_ID.store(serial, Ordering::Relaxed);
     if let Some((TrustedFn(f), args)) = init {
@@ -107,7 +137,7 @@ where
                     kind: wire::RESULT_INIT_FAILED,
                     worker: serial,
                     busy_ns: 0,
-                    done: 0,
+                    names_len: 0,
                 }
                 .write(&mut rec);
                 if <crate::codec::Postcard as crate::codec::Codec>::encode(&panic, &mut rec).is_ok()
@@ -134,22 +164,35 @@ where
             break;
         }
         let started = Instant::now();
+        status.started.store(crate::sys::monotonic_ns());
+        status.task.store(h.id);
         out.clear();
         out.resize(wire::HEADER, 0);
         let run = TaskCallable::from_offsets(h.runner, h.target)
             .map_err(|e| e.to_string())
             .and_then(|c| c.call(body, fds, &mut out).map_err(|e| e.to_string()));
         done += 1;
+        let mut names_len = 0;
         let (kind, fds, by_name) = match run {
-            Ok(ok) => (
-                if ok.panicked {
+            Ok(ok) => {
+                if !ok.by_name.is_empty() {
+                    let before = out.len();
+                    if <crate::codec::Postcard as crate::codec::Codec>::encode(
+                        &ok.by_name,
+                        &mut out,
+                    )
+                    .is_ok()
+                    {
+                        names_len = (out.len() - before) as u64;
+                    }
+                }
+                let kind = if ok.panicked {
                     wire::RESULT_PANICKED
                 } else {
                     wire::RESULT_DONE
-                },
-                ok.fds,
-                ok.by_name,
-            ),
+                };
+                (kind, ok.fds, ok.by_name)
+            }
             Err(message) => {
                 // (A failed encoding may have left `out` empty: postcard takes the buffer.)
                 out.clear();
@@ -163,7 +206,7 @@ where
             kind,
             worker: serial,
             busy_ns: started.elapsed().as_nanos() as u64,
-            done,
+            names_len,
         };
         header.rewrite(&mut out);
         if let Err(e) = results.put_raw(&out, &fds, true, None) {
@@ -179,11 +222,13 @@ where
             out.extend_from_slice(format!("the result could not be sent: {message}").as_bytes());
             ResultHeader {
                 kind: wire::RESULT_FAILED,
+                names_len: 0,
                 ..header
             }
             .rewrite(&mut out);
             let _ = results.put_raw(&out, &[], true, None);
         }
+        status.task.store(0);
         if maxtasks != 0 && done >= maxtasks {
             break;
         }

@@ -36,6 +36,14 @@ pub(crate) use shm::*;
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// This process's pid.
 pub(crate) fn getpid() -> Pid {
     rustix::process::getpid()
