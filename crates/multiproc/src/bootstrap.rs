@@ -457,6 +457,8 @@ pub(crate) fn run_child(
 /// its message.
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        // Caught: the slot must not tell a later abort's story with this panic.
+        clear_panic_slot();
         let message = panic_message(payload.as_ref());
         let location = LAST_PANIC
             .with(|p| p.borrow_mut().take())
@@ -577,6 +579,17 @@ fn write_panic_slot(message: &str, location: Option<&str>) {
             use std::os::unix::fs::FileExt;
             let _ = file.set_len(0);
             let _ = file.write_all_at(&bytes, 0);
+        }
+    });
+}
+
+/// Empties the panic slot (after a panic that was caught).
+fn clear_panic_slot() {
+    PANIC_SLOT.with(|cell| {
+        let (slot, latest) = &mut *cell.borrow_mut();
+        latest.clear();
+        if let Some(file) = slot.as_ref() {
+            let _ = file.set_len(0);
         }
     });
 }

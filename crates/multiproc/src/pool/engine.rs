@@ -48,6 +48,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// a worker finishing a task finds the next one waiting without hoarding long tasks.
 const QUEUE_AHEAD: Duration = Duration::from_micros(200);
 
+/// How long after a failed worker start the pool tries again.
+const START_RETRY: Duration = Duration::from_millis(100);
+
 /// How often the watcher looks whether a task with a time limit has started.
 const LIMIT_LOOK: Duration = Duration::from_millis(5);
 
@@ -250,8 +253,23 @@ struct State {
     shutdown: bool,
     /// The executor's `shutdown` was called (submissions get its message).
     executor_shut_down: bool,
+    /// `join` has let the workers go: nothing more can run.
+    joined: bool,
+    /// Workers being started (outside the lock).
+    starting: usize,
+    /// When starting a worker last failed.
+    start_failed: Option<Instant>,
     /// The background thread sleeps long while work is left (someone else collected).
     background_idle: bool,
+}
+
+impl State {
+    /// A new worker serial number.
+    fn take_serial(&mut self) -> u32 {
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.wrapping_add(1).max(1);
+        serial
+    }
 }
 
 /// The engine shared by a [`Pool`](super::Pool), its results and its background threads.
@@ -320,6 +338,9 @@ impl Engine {
                 retired: Vec::new(),
                 shutdown: false,
                 executor_shut_down: false,
+                joined: false,
+                starting: 0,
+                start_failed: None,
                 background_idle: false,
             }),
             changed: Condvar::new(),
@@ -345,15 +366,20 @@ impl Engine {
             }
         }
         let weak = Arc::downgrade(&engine);
-        std::thread::Builder::new()
+        let watcher = std::thread::Builder::new()
             .name("multiproc-pool-watch".to_owned())
-            .spawn(move || watch(&weak))
-            .map_err(|e| PoolError::Thread(Arc::new(e)))?;
+            .spawn(move || watch(&weak));
         let weak = Arc::downgrade(&engine);
-        std::thread::Builder::new()
-            .name("multiproc-pool-results".to_owned())
-            .spawn(move || background(&weak))
-            .map_err(|e| PoolError::Thread(Arc::new(e)))?;
+        let collector = watcher.and_then(|_| {
+            std::thread::Builder::new()
+                .name("multiproc-pool-results".to_owned())
+                .spawn(move || background(&weak))
+        });
+        if let Err(e) = collector {
+            engine.terminate();
+            engine.shutdown();
+            return Err(PoolError::Thread(Arc::new(e)));
+        }
         Ok(engine)
     }
 
@@ -367,8 +393,71 @@ impl Engine {
 
     /// Starts one worker into `st.workers`.
     fn start_worker(&self, st: &mut State) -> Result<(), PoolError> {
-        let serial = st.next_serial;
-        st.next_serial = st.next_serial.wrapping_add(1).max(1);
+        let serial = st.take_serial();
+        let w = self.make_worker(serial)?;
+        st.workers.push(w);
+        Ok(())
+    }
+
+    /// Starts workers until the pool has its number again: with no lock held while a
+    /// process starts (a fork takes std's output locks, which a thread waiting for the state
+    /// lock may hold). A start that fails is tried again at the next change after
+    /// `START_RETRY`; with no worker left, the tasks waiting fail with its error.
+    fn replenish(&self) {
+        loop {
+            let serial = {
+                let mut st = lock(&self.state);
+                let done = st.phase == Phase::Terminated
+                    || st.joined
+                    || st.broken.is_some()
+                    || st.workers.len() + st.starting >= self.processes
+                    || st.start_failed.is_some_and(|at| at.elapsed() < START_RETRY);
+                if done {
+                    return;
+                }
+                st.starting += 1;
+                st.take_serial()
+            };
+            let made = self.make_worker(serial);
+            let mut st = lock(&self.state);
+            st.starting -= 1;
+            match made {
+                Ok(w) => {
+                    if st.phase == Phase::Terminated || st.joined {
+                        let _ = w.process.kill();
+                        return;
+                    }
+                    st.workers.push(w);
+                    st.start_failed = None;
+                    self.dispatch(&mut st);
+                }
+                Err(e) => {
+                    st.start_failed = Some(Instant::now());
+                    if st.workers.is_empty() && st.starting == 0 {
+                        // No worker, and none can be made now: what waits fails rather
+                        // than waiting for ever.
+                        self.fail_pending(&mut st, &TaskError::Pool(e));
+                    }
+                    drop(st);
+                    self.run_deferred_if_any();
+                    return;
+                }
+            }
+            drop(st);
+            self.run_deferred_if_any();
+        }
+    }
+
+    /// Whether the pool is short of workers (so [`replenish`](Self::replenish) has work).
+    fn short_of_workers(&self, st: &State) -> bool {
+        st.workers.len() + st.starting < self.processes
+            && st.phase != Phase::Terminated
+            && !st.joined
+            && st.broken.is_none()
+    }
+
+    /// Makes and starts one worker process.
+    fn make_worker(&self, serial: u32) -> Result<Worker, PoolError> {
         let tasks = Queue::<Record>::builder()
             .capacity(64 << 10)
             .build()
@@ -391,7 +480,7 @@ impl Engine {
             .and_then(|fd| fd.try_clone_to_owned().map_err(ProcessError::Io))
             .map_err(|e| PoolError::Start(Arc::new(e)))?;
         let now = Instant::now();
-        st.workers.push(Worker {
+        Ok(Worker {
             serial,
             process,
             pid,
@@ -414,8 +503,7 @@ impl Engine {
                 ..WorkerStats::default()
             },
             born: now,
-        });
-        Ok(())
+        })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -466,7 +554,7 @@ impl Engine {
             count,
         } = items;
         let mut st = lock(&self.state);
-        if st.phase == Phase::Terminated {
+        if st.phase == Phase::Terminated || st.joined {
             Segment::take_back_transits(&by_name);
             return Err(PoolError::NotRunning);
         }
@@ -508,8 +596,12 @@ impl Engine {
             self.fail_pending(&mut st, &TaskError::InitializerFailed(reason));
         }
         self.dispatch(&mut st);
+        let short = self.short_of_workers(&st);
         drop(st);
         self.run_deferred_if_any();
+        if short {
+            self.replenish();
+        }
         Ok(index)
     }
 
@@ -595,7 +687,7 @@ impl Engine {
             b.outcomes.arrival.push_back(task.index);
         }
         if let Some(w) = b.waker.take() {
-            w.wake();
+            wake_later(w);
         }
         if b.finished_all() {
             return Self::take_completion(st, task.batch);
@@ -608,7 +700,7 @@ impl Engine {
     fn take_completion(st: &mut State, batch: u64) -> Option<OnComplete> {
         let b = st.batches.get_mut(&batch)?;
         if let Some(w) = b.waker.take() {
-            w.wake();
+            wake_later(w);
         }
         if b.urgent {
             b.urgent = false;
@@ -648,7 +740,7 @@ impl Engine {
             b.completing = false;
             // A future polled while the callback ran waits for this moment.
             if let Some(w) = b.waker.take() {
-                w.wake();
+                wake_later(w);
             }
             if !b.wanted {
                 st.batches.remove(&batch);
@@ -723,7 +815,7 @@ impl Engine {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
-            if let Ok(role) = self.collecting.try_lock() {
+            if let Some(role) = self.try_role() {
                 drop(st);
                 let met = self.collect(check, deadline);
                 drop(role);
@@ -781,12 +873,19 @@ impl Engine {
         if b.complete() {
             return false;
         }
-        b.waker = Some(waker.clone());
+        if let Some(old) = b.waker.replace(waker.clone()) {
+            if !old.will_wake(waker) {
+                // Another task's waker: dropped (and woken, harmlessly) after the lock.
+                wake_later(old);
+            }
+        }
         if !b.urgent {
             b.urgent = true;
             st.urgent += 1;
             self.background.notify_one();
         }
+        drop(st);
+        self.run_deferred_if_any();
         true
     }
 
@@ -798,8 +897,10 @@ impl Engine {
             return;
         };
         b.wanted = false;
-        b.outcomes = BatchOutcomes::default();
-        b.waker = None;
+        let outcomes = std::mem::take(&mut b.outcomes);
+        if let Some(w) = b.waker.take() {
+            wake_later(w);
+        }
         let unurgent = b.urgent && b.on_complete.is_none();
         if unurgent {
             b.urgent = false;
@@ -811,10 +912,24 @@ impl Engine {
         if complete {
             st.batches.remove(&batch);
         }
+        drop(st);
+        // Dropped without the lock: a result may hold anything.
+        drop(outcomes);
+        self.run_deferred_if_any();
     }
 
     // -----------------------------------------------------------------------------------------
     // Collecting
+
+    /// Takes the collecting role if nobody holds it (a role left by a thread that panicked
+    /// is taken all the same: the state it guards is the result queue's, always whole).
+    fn try_role(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.collecting.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 
     /// Holding the collecting role: reads results until `done(state)` or the deadline.
     fn collect(&self, done: &dyn Fn(&State) -> bool, deadline: Option<Instant>) -> bool {
@@ -850,8 +965,12 @@ impl Engine {
                 self.wake_waiters(&st);
             }
             let met = done(&st);
+            let short = self.short_of_workers(&st);
             drop(st);
             self.run_deferred_if_any();
+            if short {
+                self.replenish();
+            }
             if met {
                 return true;
             }
@@ -890,6 +1009,11 @@ impl Engine {
     fn run_deferred_if_any(&self) {
         if DEFERRED.with(|d| !d.borrow().is_empty()) {
             self.run_deferred();
+        }
+        let wakers = WAKE.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        for w in wakers {
+            // An executor's waker that panics must not take the collecting thread with it.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
         }
     }
 
@@ -933,18 +1057,22 @@ impl Engine {
             (st.avg_task_ns * 7 + h.busy_ns) / 8
         }
         .max(1);
+        let (entries, names) = split_names(body, h.names_len);
         let Some(task) = st.tasks.remove(&h.id) else {
+            // Nobody wants it (the pool was terminated meanwhile).
+            Segment::take_back_transits(&names);
             return;
         };
+        let cancelled = matches!(task.killed, Some(KillReason::Cancelled));
         let failed = matches!(h.kind, wire::RESULT_FAILED | wire::RESULT_PANICKED);
-        let Some(task) = (if failed {
+        let Some(task) = (if failed && !cancelled {
             Self::try_retry(st, h.id, task, false)
         } else {
             Some(task)
         }) else {
+            Segment::take_back_transits(&names);
             return;
         };
-        let (entries, names) = split_names(body, h.names_len);
         let outcome = match h.kind {
             // Cancelled while it finished: `cancel` said yes, so the result says so too.
             _ if matches!(task.killed, Some(KillReason::Cancelled)) => {
@@ -983,6 +1111,15 @@ impl Engine {
             Err(ProcessError::Child(c)) => Some(c),
             Err(e) => Some(ChildError::StatusLost(e.to_string())),
         };
+        // Ended on its own before its initializer finished (an exit, an abort, a crash; a
+        // kill from outside is not the initializer's doing): a failed initializer too.
+        let own_end = !matches!(cause, Some(ChildError::Killed { signal: 9 | 15 }));
+        if w.init_failed.is_none() && w.status.initializing() && own_end {
+            let how = cause
+                .as_ref()
+                .map_or("it exited".to_owned(), ToString::to_string);
+            w.init_failed = Some((format!("the worker ended in its initializer: {how}"), None));
+        }
         // Take back what it never took.
         let mut recovered: HashMap<u64, (Vec<u8>, Vec<OwnedFd>)> = HashMap::new();
         let mut rec = Vec::new();
@@ -1045,18 +1182,11 @@ impl Engine {
                 self.fail_pending(st, &TaskError::InitializerFailed(reason));
             }
         }
-        if st.phase != Phase::Terminated && st.broken.is_none() && st.workers.len() < self.processes
-        {
-            let needed = st.phase == Phase::Running || !st.tasks.is_empty();
-            if needed {
-                if let Err(e) = self.start_worker(st) {
-                    // No worker could be started: what waits fails rather than waiting forever.
-                    if st.workers.is_empty() {
-                        self.fail_pending(st, &TaskError::Pool(e));
-                    }
-                }
-            }
+        if let Some(reason) = st.broken.clone() {
+            // What it held and went back to waiting would wait for ever.
+            self.fail_pending(st, &TaskError::InitializerFailed(reason));
         }
+        // Its replacement starts once the state lock is let go (`replenish`).
         self.dispatch(st);
     }
 
@@ -1205,6 +1335,11 @@ impl Engine {
             st.phase = Phase::Closed;
         }
         if cancel {
+            // Every task not started, also those in the workers' queues.
+            let serials: Vec<u32> = st.workers.iter().map(|w| w.serial).collect();
+            for serial in serials {
+                Self::reclaim(&mut st, serial);
+            }
             self.fail_pending(&mut st, &TaskError::Cancelled);
         }
         self.wake_waiters(&st);
@@ -1281,6 +1416,8 @@ impl Engine {
                     }
                 }
             }
+            // Nothing more will run: a stream still open gets 'Pool not running'.
+            st.joined = true;
             st.workers.drain(..).collect()
         };
         let mut st_retired = Vec::new();
@@ -1317,7 +1454,7 @@ impl Engine {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
-            if let Ok(role) = self.collecting.try_lock() {
+            if let Some(role) = self.try_role() {
                 drop(st);
                 let met = self.collect(&|st: &State| st.tasks.is_empty(), deadline);
                 drop(role);
@@ -1382,8 +1519,13 @@ impl Engine {
             .collect();
         let mut next: Option<Instant> = None;
         let (now, now_ns) = (Instant::now(), sys::monotonic_ns());
-        for w in &st.workers {
-            let timed = |id: &u64| st.tasks.get(id).and_then(|t| t.time_limit);
+        for w in st.workers.iter().filter(|w| !w.exit_posted && !w.stopping) {
+            let timed = |id: &u64| {
+                st.tasks
+                    .get(id)
+                    .filter(|t| t.killed.is_none())
+                    .and_then(|t| t.time_limit)
+            };
             let at = match w.status.running() {
                 Some((id, started)) => timed(&id).map(|limit| {
                     let ran = Duration::from_nanos(now_ns.saturating_sub(started));
@@ -1419,10 +1561,19 @@ impl Engine {
                 _ => return,
             }
         }
-        self.post(wire::RESULT_EXITED, serial);
+        if !self.post(wire::RESULT_EXITED, serial) {
+            // Not posted: the watcher tries again at its next look.
+            if let Some(w) = lock(&self.state)
+                .workers
+                .iter_mut()
+                .find(|w| w.serial == serial)
+            {
+                w.exit_posted = false;
+            }
+        }
     }
 
-    fn post(&self, kind: u32, worker: u32) {
+    fn post(&self, kind: u32, worker: u32) -> bool {
         let mut rec = Vec::with_capacity(wire::HEADER);
         ResultHeader {
             id: 0,
@@ -1432,7 +1583,7 @@ impl Engine {
             names_len: 0,
         }
         .write(&mut rec);
-        let _ = self.results.put_raw(&rec, &[], true, None);
+        self.results.put_raw(&rec, &[], true, None).is_ok()
     }
 
     /// Kills the workers whose running task has run out of time.
@@ -1457,6 +1608,16 @@ impl Engine {
             }
         }
     }
+}
+
+thread_local! {
+    /// Wakers to wake once the state lock is released (a waker may call into the pool).
+    static WAKE: std::cell::RefCell<Vec<Waker>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Wakes `w` once this thread lets the state lock go.
+fn wake_later(w: Waker) {
+    WAKE.with(|q| q.borrow_mut().push(w));
 }
 
 thread_local! {
@@ -1561,6 +1722,13 @@ fn background(engine: &Weak<Engine>) {
         let Some(e) = engine.upgrade() else {
             return;
         };
+        let short = {
+            let st = lock(&e.state);
+            e.short_of_workers(&st)
+        };
+        if short {
+            e.replenish();
+        }
         let collect = {
             let st = lock(&e.state);
             if st.shutdown {
@@ -1587,7 +1755,7 @@ fn background(engine: &Weak<Engine>) {
             }
         };
         if collect {
-            if let Ok(role) = e.collecting.try_lock() {
+            if let Some(role) = e.try_role() {
                 // Until nothing is left to do, or a caller may want the role (checked at
                 // every tick).
                 let until = Instant::now() + TICK;

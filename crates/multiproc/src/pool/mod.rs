@@ -1228,12 +1228,21 @@ impl Pool {
         let batch = self.engine.new_batch(None)?;
         let result = AsyncResult::new(self.engine.clone(), batch, result::decode_all::<R>);
         let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
+        let mut added = Ok(());
+        while added.is_ok() && items.peek().is_some() {
             let chunk: Vec<T> = items.by_ref().take(chunksize).collect();
-            self.engine
-                .add_task(batch, offsets, encode_items(&chunk)?, TaskOpts::default())?;
+            added = encode_items(&chunk).and_then(|e| {
+                self.engine
+                    .add_task(batch, offsets, e, TaskOpts::default())
+                    .map(drop)
+            });
         }
         self.engine.seal(batch);
+        if let Err(e) = added {
+            // Half a map is no map: what went in is cancelled, and the batch is let go.
+            result.cancel();
+            return Err(e);
+        }
         Ok(result)
     }
 
@@ -1433,15 +1442,22 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use multiproc::TaskError;
+    /// use multiproc::{Event, TaskError};
+    ///
+    /// fn nap(started: Event) {
+    ///     started.set();
+    ///     std::thread::sleep(Duration::from_millis(200));
+    /// }
     ///
     /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
     /// let pool = multiproc::Pool::new(1)?;
-    /// let running = pool.submit(std::thread::sleep, Duration::from_millis(200))?;
+    /// let started = Event::new()?;
+    /// let running = pool.submit(nap, started.clone())?;
     /// let queued: Vec<_> = (0..100).map(|i| pool.submit(|x: u32| x, i)).collect::<Result<_, _>>()?;
+    /// started.wait();
     /// pool.shutdown(true, true)?;
-    /// assert!(running.get().is_ok());
-    /// assert!(queued.iter().any(|f| matches!(f.get(), Err(TaskError::Cancelled))));
+    /// assert!(running.get().is_ok()); // it had started
+    /// assert!(queued.iter().all(|f| matches!(f.get(), Err(TaskError::Cancelled))));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) -> Result<(), PoolError> {

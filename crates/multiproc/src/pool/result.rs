@@ -408,9 +408,14 @@ pub(crate) fn callbacks<R: DeserializeOwned + Send + 'static>(
     error_callback: impl FnOnce(&TaskError) + Send + 'static,
 ) -> OnComplete {
     Box::new(move |o: &mut BatchOutcomes| {
-        let value: Result<R, TaskError> = decode_one(std::mem::take(o), 1);
-        // A panicking callback is the program's bug; it must not take the pool's thread
-        // down with it (the panic hook has printed it).
+        let outcomes = std::mem::take(o);
+        // A panicking callback (or `Deserialize`) is the program's bug; it must not take the
+        // pool's collecting thread down with it (the panic hook has printed it).
+        let value: Result<R, TaskError> =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_one(outcomes, 1)))
+                .unwrap_or_else(|_| {
+                    Err(TaskError::Failed("decoding the result panicked".to_owned()))
+                });
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &value {
             Ok(v) => callback(v),
             Err(e) => error_callback(e),

@@ -46,10 +46,13 @@ pub(crate) struct Status {
     pub(crate) started: RawValue<u64>,
 }
 
+/// The task word of a worker that has not finished its initializer yet.
+const INITIALIZING: u64 = u64::MAX;
+
 impl Status {
     pub(crate) fn new() -> Result<Self, crate::ShmError> {
         Ok(Self {
-            task: RawValue::new(0)?,
+            task: RawValue::new(INITIALIZING)?,
             started: RawValue::new(0)?,
         })
     }
@@ -58,7 +61,12 @@ impl Status {
     pub(crate) fn running(&self) -> Option<(u64, u64)> {
         let id = self.task.load();
         let started = self.started.load();
-        (id != 0 && self.task.load() == id).then_some((id, started))
+        (id != 0 && id != INITIALIZING && self.task.load() == id).then_some((id, started))
+    }
+
+    /// The worker has not finished its initializer (or not even begun it).
+    pub(crate) fn initializing(&self) -> bool {
+        self.task.load() == INITIALIZING
     }
 }
 
@@ -148,6 +156,7 @@ where
             }
         }
     }
+    status.task.store(0);
     let mut record = Vec::new();
     let mut out = Vec::new();
     let mut done = 0u64;
@@ -170,7 +179,16 @@ where
         out.resize(wire::HEADER, 0);
         let run = TaskCallable::from_offsets(h.runner, h.target)
             .map_err(|e| e.to_string())
-            .and_then(|c| c.call(body, fds, &mut out).map_err(|e| e.to_string()));
+            .and_then(|c| {
+                // Each item's panic is caught inside; this catches one while decoding the
+                // items or encoding the results (a `Serialize` or `Deserialize` that panics).
+                crate::bootstrap::catch_panic(|| c.call(body, fds, &mut out))
+                    .map_err(|(message, at)| match at {
+                        Some(at) => format!("panicked at {at}: {message}"),
+                        None => format!("panicked: {message}"),
+                    })?
+                    .map_err(|e| e.to_string())
+            });
         done += 1;
         let mut names_len = 0;
         let (kind, fds, by_name) = match run {
@@ -226,7 +244,10 @@ where
                 ..header
             }
             .rewrite(&mut out);
-            let _ = results.put_raw(&out, &[], true, None);
+            if results.put_raw(&out, &[], true, None).is_err() {
+                // Not even that: the pool learns of it as this worker's death.
+                crate::bootstrap::exit_child(1);
+            }
         }
         status.task.store(0);
         if maxtasks != 0 && done >= maxtasks {
