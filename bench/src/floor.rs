@@ -15,7 +15,10 @@
 //!   ping-pong on it ([`SyncJob`]) — the floor of locks, values, events and arrays;
 //! - [`RingChild`]: a forked child producing 64-byte items into a single-producer
 //!   single-consumer ring in a `MAP_SHARED` mapping, futexes only to sleep — the floor of a
-//!   queue.
+//!   queue;
+//! - [`RawPool`]: a minimal pool of forked workers, a pipe to each and one back, tasks and
+//!   results as fixed-size binary messages, several tasks in flight per worker — the floor of
+//!   a pool.
 //!
 //! # Safety
 //!
@@ -25,7 +28,8 @@
 //! `execve`/`_exit` the child calls nothing but those (and `clock_gettime`, through
 //! `Instant::now`), which are async-signal-safe, allocates nothing, and touches no memory the
 //! parent might change but the atomics of a shared mapping (everything it needs is built
-//! before the fork), so it is sound even if the parent has other threads.
+//! before the fork), so it is sound even if the parent has other threads. The pool floor adds
+//! `pipe2`, `fcntl` (to size a pipe) and `poll`, in the parent only.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};
@@ -1105,6 +1109,365 @@ impl RingChild {
 }
 
 impl Drop for RingChild {
+    fn drop(&mut self) {
+        let _ = self.stop_and_wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal pool with raw system calls: the floor of a pool (issue 6).
+//
+// [`RawPool::start`] forks N workers, each with a pipe from the parent (its tasks) and a pipe
+// back (its results). Every message has a fixed size, set when the pool starts: a task is
+// `chunk` native-endian `u64` items (8 bytes for a chunk of 1), its result the same number
+// of `u64`s. A worker takes one task at a time, as any pool's worker does: `read` exactly one
+// task, run the function on each item, one `write` of the results. The parent keeps up to
+// `depth` tasks in flight per worker (at most 64, the depth of a multiproc worker's queue):
+// it hands out the first ones round-robin, then waits in `poll` on the result pipes of the
+// workers that have work, reads whatever results are there (one `read` per ready worker) and
+// refills each such worker with as many new tasks as it finished, in one `write`. A worker's
+// pipes never hold more than `depth` tasks or results, and `depth` is chosen so that they fit
+// (the pipes are enlarged with `F_SETPIPE_SZ` for big chunks), so no `write` ever waits for a
+// side that is itself waiting. A worker runs nothing but `read`, `write`, `close`, `_exit`
+// and the task function (plain arithmetic) on a buffer allocated before the fork; it exits
+// with 0 when its task pipe is closed.
+
+/// A task function of the pool floor.
+pub(crate) type RawTask = fn(u64) -> u64;
+
+/// The bytes of one item.
+const ITEM: usize = size_of::<u64>();
+/// The most tasks in flight per worker (a multiproc worker's queue holds at most 64).
+const RAW_DEPTH: usize = 64;
+/// The pipe size asked for when a chunk is big (the usual `pipe-max-size`).
+const RAW_PIPE_MAX: usize = 1 << 20;
+
+/// `pipe2(O_CLOEXEC)`: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY:
+    // - `fds` is a valid, writable array of two `c_int`s for the duration of the call.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY:
+    // - `pipe2` succeeded, so both are open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The capacity of the pipe of `fd`, enlarged to `want` bytes if it is smaller and the
+/// system allows it (otherwise left as it is).
+fn pipe_capacity(fd: &OwnedFd, want: usize) -> io::Result<usize> {
+    // SAFETY:
+    // - `fd` is an open pipe descriptor; `F_GETPIPE_SZ` takes no argument and touches no
+    //   memory of ours.
+    let now = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let now = usize::try_from(now).map_err(|_| io::Error::last_os_error())?;
+    if now >= want {
+        return Ok(now);
+    }
+    let want = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+    // SAFETY:
+    // - `fd` is an open pipe descriptor; `F_SETPIPE_SZ` takes an `int` and touches no memory
+    //   of ours. A refusal (`EPERM` above `pipe-max-size`) leaves the pipe as it was.
+    let set = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    Ok(usize::try_from(set).unwrap_or(now))
+}
+
+/// The child's side of a [`RawPool`] worker: one task at a time until its pipe is closed.
+fn raw_worker(tasks: RawFd, results: RawFd, buf: &mut [u8], f: RawTask) -> io::Result<()> {
+    while read_exact(tasks, buf)? {
+        for item in buf.chunks_exact_mut(ITEM) {
+            let mut x = [0u8; ITEM];
+            x.copy_from_slice(item);
+            item.copy_from_slice(&f(u64::from_ne_bytes(x)).to_ne_bytes());
+        }
+        write_all(results, buf)?;
+    }
+    Ok(())
+}
+
+/// One worker of a [`RawPool`], as the parent sees it.
+struct RawWorker {
+    pid: libc::pid_t,
+    /// The write end of its task pipe (`None` once closed, which ends the worker).
+    tasks: Option<OwnedFd>,
+    /// The read end of its result pipe.
+    results: OwnedFd,
+    /// The chunks it holds (in its pipe or running), oldest first.
+    in_flight: std::collections::VecDeque<usize>,
+    /// Items of the oldest chunk already back.
+    got: usize,
+    /// The first bytes of an item whose rest has not been read yet.
+    partial: [u8; ITEM],
+    partial_len: usize,
+}
+
+impl RawWorker {
+    fn tasks_fd(&self) -> RawFd {
+        self.tasks.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// Puts one result in its place in `out`; returns whether it finished a chunk.
+    fn put(&mut self, value: u64, out: &mut [u64], chunk: usize) -> io::Result<bool> {
+        let Some(&at) = self.in_flight.front() else {
+            return Err(io::Error::other(
+                "a pool floor worker sent an unasked result",
+            ));
+        };
+        out[at * chunk + self.got] = value;
+        self.got += 1;
+        if self.got < chunk {
+            return Ok(false);
+        }
+        self.got = 0;
+        self.in_flight.pop_front();
+        Ok(true)
+    }
+
+    /// Takes the result bytes just read; returns how many chunks they finished.
+    fn take(&mut self, mut bytes: &[u8], out: &mut [u64], chunk: usize) -> io::Result<usize> {
+        let mut finished = 0;
+        if self.partial_len > 0 {
+            let k = (ITEM - self.partial_len).min(bytes.len());
+            self.partial[self.partial_len..self.partial_len + k].copy_from_slice(&bytes[..k]);
+            self.partial_len += k;
+            bytes = &bytes[k..];
+            if self.partial_len < ITEM {
+                return Ok(0);
+            }
+            self.partial_len = 0;
+            finished += usize::from(self.put(u64::from_ne_bytes(self.partial), out, chunk)?);
+        }
+        let mut items = bytes.chunks_exact(ITEM);
+        for item in &mut items {
+            let mut x = [0u8; ITEM];
+            x.copy_from_slice(item);
+            finished += usize::from(self.put(u64::from_ne_bytes(x), out, chunk)?);
+        }
+        let rest = items.remainder();
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.partial_len = rest.len();
+        Ok(finished)
+    }
+}
+
+/// A minimal pool of forked workers running a [`RawTask`], fed through pipes (see above).
+/// The workers exit with 0 when the pool is finished ([`finish`](Self::finish), or on drop).
+pub(crate) struct RawPool {
+    workers: Vec<RawWorker>,
+    /// Items per task.
+    chunk: usize,
+    /// Tasks in flight per worker, at most.
+    depth: usize,
+    /// The bytes of the tasks being sent.
+    send: Vec<u8>,
+    /// The bytes of the results being read.
+    recv: Vec<u8>,
+    pollfds: Vec<libc::pollfd>,
+    /// The worker of each entry of `pollfds`.
+    polled: Vec<usize>,
+}
+
+impl RawPool {
+    /// Makes the pipes and forks `workers` workers running `f` on tasks of `chunk` items.
+    pub(crate) fn start(workers: usize, chunk: usize, f: RawTask) -> io::Result<Self> {
+        assert!(workers >= 1 && chunk >= 1);
+        let msg = chunk * ITEM;
+        // Room for a few tasks in each pipe (a pipe holds 64 KiB unless enlarged).
+        let want = (msg * 4).min(RAW_PIPE_MAX);
+        let mut ends = Vec::with_capacity(workers);
+        let mut capacity = usize::MAX;
+        for _ in 0..workers {
+            let (task_r, task_w) = pipe()?;
+            let (result_r, result_w) = pipe()?;
+            capacity = capacity
+                .min(pipe_capacity(&task_w, want)?)
+                .min(pipe_capacity(&result_w, want)?);
+            ends.push((task_r, task_w, result_r, result_w));
+        }
+        // Every descriptor a new worker must close: all but its own two (-1 once closed here).
+        let mut open: Vec<RawFd> = ends
+            .iter()
+            .flat_map(|(a, b, c, d)| [a, b, c, d].map(AsRawFd::as_raw_fd))
+            .collect();
+        // `vec![0; n]` gets zeroed pages; each worker writes only its own copy.
+        let mut buf = vec![0u8; msg];
+        let mut pool = Self {
+            workers: Vec::with_capacity(workers),
+            chunk,
+            depth: (capacity / msg).clamp(1, RAW_DEPTH),
+            send: Vec::new(),
+            recv: vec![0u8; 256 << 10],
+            pollfds: Vec::with_capacity(workers),
+            polled: Vec::with_capacity(workers),
+        };
+        for (i, (task_r, task_w, result_r, result_w)) in ends.into_iter().enumerate() {
+            // SAFETY:
+            // - `fork` has no memory-safety preconditions; the child below calls nothing but
+            //   `close`, `read`, `write`, `_exit` (async-signal-safe) and `f` (arithmetic),
+            //   allocates nothing and touches only its copies of `buf` and `open`.
+            let pid = unsafe { libc::fork() };
+            match pid {
+                // (the workers already started end when `pool` is dropped)
+                -1 => return Err(io::Error::last_os_error()),
+                0 => {
+                    let (tasks, results) = (task_r.as_raw_fd(), result_w.as_raw_fd());
+                    for &fd in &open {
+                        if fd >= 0 && fd != tasks && fd != results {
+                            // SAFETY:
+                            // - `fd` is open in this process (the parent has not closed it)
+                            //   and is never used here again (nor closed twice: `_exit` runs
+                            //   no destructor).
+                            unsafe { libc::close(fd) };
+                        }
+                    }
+                    let done = raw_worker(tasks, results, &mut buf, f);
+                    // SAFETY:
+                    // - `_exit` accepts any status, never returns, and is async-signal-safe.
+                    unsafe { libc::_exit(if done.is_ok() { 0 } else { 1 }) }
+                }
+                pid => {
+                    open[4 * i] = -1;
+                    open[4 * i + 3] = -1;
+                    drop((task_r, result_w));
+                    pool.workers.push(RawWorker {
+                        pid,
+                        tasks: Some(task_w),
+                        results: result_r,
+                        in_flight: std::collections::VecDeque::with_capacity(RAW_DEPTH),
+                        got: 0,
+                        partial: [0; ITEM],
+                        partial_len: 0,
+                    });
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Adds the bytes of chunk `k` of `items` to `send`.
+    fn encode(send: &mut Vec<u8>, items: &[u64], chunk: usize, k: usize) {
+        for x in &items[k * chunk..(k + 1) * chunk] {
+            send.extend_from_slice(&x.to_ne_bytes());
+        }
+    }
+
+    /// Applies the pool's function to every item: `out[i] = f(items[i])`. The number of
+    /// items must be a multiple of the chunk size.
+    pub(crate) fn map(&mut self, items: &[u64], out: &mut [u64]) -> io::Result<()> {
+        let Self {
+            workers,
+            chunk,
+            depth,
+            send,
+            recv,
+            pollfds,
+            polled,
+        } = self;
+        let (chunk, depth) = (*chunk, *depth);
+        assert!(items.len() % chunk == 0 && out.len() == items.len());
+        let chunks = items.len() / chunk;
+        // The first tasks, round-robin.
+        let mut next = 0;
+        while next < chunks && workers.iter().any(|w| w.in_flight.len() < depth) {
+            for w in workers.iter_mut() {
+                if next < chunks && w.in_flight.len() < depth {
+                    w.in_flight.push_back(next);
+                    next += 1;
+                }
+            }
+        }
+        for w in workers.iter() {
+            send.clear();
+            for &k in &w.in_flight {
+                Self::encode(send, items, chunk, k);
+            }
+            write_all(w.tasks_fd(), send)?;
+        }
+        let mut done = 0;
+        while done < chunks {
+            pollfds.clear();
+            polled.clear();
+            for (i, w) in workers.iter().enumerate() {
+                if !w.in_flight.is_empty() {
+                    pollfds.push(libc::pollfd {
+                        fd: w.results.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    polled.push(i);
+                }
+            }
+            // SAFETY:
+            // - `pollfds` is a valid, writable array of `pollfds.len()` entries for the
+            //   duration of the call; no timeout.
+            let ready = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, -1) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            for (p, &i) in pollfds.iter().zip(polled.iter()) {
+                if p.revents == 0 {
+                    continue;
+                }
+                let w = &mut workers[i];
+                let n = read_some(w.results.as_raw_fd(), recv)?;
+                if n == 0 {
+                    return Err(io::Error::other("a pool floor worker ended early"));
+                }
+                let finished = w.take(&recv[..n], out, chunk)?;
+                done += finished;
+                send.clear();
+                while next < chunks && w.in_flight.len() < depth {
+                    w.in_flight.push_back(next);
+                    Self::encode(send, items, chunk, next);
+                    next += 1;
+                }
+                if !send.is_empty() {
+                    write_all(w.tasks_fd(), send)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One task of one item, alone: written to the first worker, its result read back.
+    pub(crate) fn round_trip(&mut self, x: u64) -> io::Result<u64> {
+        assert_eq!(self.chunk, 1, "a round trip is one item");
+        let w = &self.workers[0];
+        write_all(w.tasks_fd(), &x.to_ne_bytes())?;
+        let mut back = [0u8; ITEM];
+        if !read_exact(w.results.as_raw_fd(), &mut back)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(u64::from_ne_bytes(back))
+    }
+
+    /// Closes every task pipe, waits for the workers and checks that each exited with 0.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.stop_and_wait()
+    }
+
+    fn stop_and_wait(&mut self) -> io::Result<()> {
+        for w in &mut self.workers {
+            w.tasks = None;
+        }
+        let mut first = Ok(());
+        for w in std::mem::take(&mut self.workers) {
+            let waited = wait_exit_zero(w.pid);
+            if first.is_ok() {
+                first = waited;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for RawPool {
     fn drop(&mut self) {
         let _ = self.stop_and_wait();
     }

@@ -5,6 +5,8 @@ mod common;
 mod connection;
 mod connection_lib;
 mod large_parent;
+mod pool;
+mod pool_lib;
 mod queue;
 mod queue_lib;
 mod start_join;
@@ -21,5 +23,6 @@ pub(crate) fn all() -> Vec<Case> {
     cases.extend(connection::cases());
     cases.extend(sync::cases());
     cases.extend(queue::cases());
+    cases.extend(pool::cases());
     cases
 }
