@@ -456,16 +456,19 @@ pub(crate) fn run_child(
 /// per item of a chunk); a stale record, of a panic the task caught itself, is told apart by
 /// its message.
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        // Caught: the slot must not tell a later abort's story with this panic.
-        clear_panic_slot();
-        let message = panic_message(payload.as_ref());
-        let location = LAST_PANIC
-            .with(|p| p.borrow_mut().take())
-            .filter(|(recorded, _)| *recorded == message)
-            .and_then(|(_, location)| location);
-        (message, location)
-    })
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(caught_panic)
+}
+
+/// The message and location of a panic just caught on the target's thread.
+pub(crate) fn caught_panic(payload: Box<dyn std::any::Any + Send>) -> (String, Option<String>) {
+    // Caught: the slot must not tell a later abort's story with this panic.
+    clear_panic_slot();
+    let message = panic_message(payload.as_ref());
+    let location = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .filter(|(recorded, _)| *recorded == message)
+        .and_then(|(_, location)| location);
+    (message, location)
 }
 
 /// Ends a child process: CPython's rule for its own children, flush, `_exit`.

@@ -298,7 +298,8 @@ where
     }
 }
 
-/// How one item of a task ended, as the first byte of its entry in the task's output.
+/// How one item of a task ended, as the first byte of its entry in the task's output (when
+/// some item panicked; when none did, the output is just the sequence of values).
 pub(crate) const ITEM_RETURNED: u8 = 0;
 /// The item panicked: a postcard `(message, Option<location>)` follows.
 pub(crate) const ITEM_PANICKED: u8 = 1;
@@ -362,18 +363,36 @@ fn run_each<T: DeserializeOwned, R: Serialize>(
 ) -> TaskRun {
     let items: Vec<T> = codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
         .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
-    let mut panicked = false;
+    // One `catch_unwind` for a run of items, not one per item: a panic ends the run, is
+    // recorded in its item's place, and the next run starts after it.
+    let mut results: Vec<Result<R, (String, Option<String>)>> = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for item in items.by_ref() {
+                results.push(Ok(call(item)));
+            }
+        }));
+        match run {
+            Ok(()) => break,
+            Err(payload) => results.push(Err(crate::bootstrap::caught_panic(payload))),
+        }
+    }
+    let panicked = results.iter().any(Result::is_err);
     let (encoded, fds, by_name) = codec::fds::encoding_segments_by_name(|| {
-        for item in items {
-            match crate::bootstrap::catch_panic(|| call(item)) {
+        if !panicked {
+            // The usual case, in one go: the values as one postcard sequence.
+            return codec::Postcard::encode(&AllReturned(&results), out);
+        }
+        for r in &results {
+            match r {
                 Ok(r) => {
                     out.push(ITEM_RETURNED);
-                    codec::Postcard::encode(&r, out)?;
+                    codec::Postcard::encode(r, out)?;
                 }
                 Err(panic) => {
-                    panicked = true;
                     out.push(ITEM_PANICKED);
-                    codec::Postcard::encode(&panic, out)?;
+                    codec::Postcard::encode(panic, out)?;
                 }
             }
         }
@@ -386,6 +405,21 @@ fn run_each<T: DeserializeOwned, R: Serialize>(
             panicked,
         }),
         Err(e) => Err(RunError::EncodeResult(e.to_string())),
+    }
+}
+
+/// The results of a task whose items all returned, encoded as a plain sequence of values.
+struct AllReturned<'a, R, P>(&'a [Result<R, P>]);
+
+impl<R: Serialize, P> Serialize for AllReturned<'_, R, P> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        // (Made only when every item returned: `flatten` skips nothing.)
+        for v in self.0.iter().flatten() {
+            seq.serialize_element(v)?;
+        }
+        seq.end()
     }
 }
 

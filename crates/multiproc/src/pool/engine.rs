@@ -87,6 +87,9 @@ pub(crate) struct Raw {
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) items: u32,
+    /// Every item returned: the bytes are one postcard sequence of values (otherwise one
+    /// entry per item, tagged).
+    pub(crate) all_returned: bool,
     /// Shared objects the results name, in transit until decoded: a result thrown away
     /// undecoded takes their transits back (when dropped), so their memory is not kept.
     pub(crate) by_name: Vec<String>,
@@ -1086,6 +1089,7 @@ impl Engine {
                 bytes: entries.to_vec(),
                 fds,
                 items: task.count,
+                all_returned: h.kind == wire::RESULT_DONE,
                 by_name: names,
             }),
         };

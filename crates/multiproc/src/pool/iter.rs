@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::engine::{Engine, TaskOpts};
-use super::result::decode_outcome;
+use super::result::{Values, decode_outcome};
 use super::{Func, MapOptions, Pool, PoolError, TaskError, encode_items};
 
 /// Tasks in flight per worker when the options do not say.
@@ -45,7 +45,7 @@ pub(crate) struct Stream<'p, I, R> {
 /// What [`Stream::next_chunk`] found.
 pub(crate) enum Next<R> {
     /// A finished chunk: its index and its items' values.
-    Chunk(u64, Vec<Result<R, TaskError>>),
+    Chunk(u64, Values<R>),
     /// The call's timeout, or the one given, passed first.
     TimedOut,
     /// Every chunk has been given.
@@ -240,7 +240,7 @@ where
                 return None;
             }
             match self.stream.next_chunk(until) {
-                Ok(Next::Chunk(_, values)) => self.buffer.extend(values),
+                Ok(Next::Chunk(_, values)) => self.buffer.extend(values.into_results()),
                 Ok(Next::End) => self.done = true,
                 Ok(Next::TimedOut) => {
                     // The call's own timeout ends it; a wait's only ends the wait.

@@ -1119,38 +1119,55 @@ impl Pool {
             None => default_chunksize(len, self.processes()),
         };
         let mut stream = iter::Stream::open(self, f, items, chunksize, options, false)?;
-        let mut out: Vec<Option<R>> = Vec::with_capacity(len.min(1 << 16));
-        let mut first_error: Option<(usize, TaskError)> = None;
+        // Chunks are put in order as they come: one that arrives early waits in `later`.
+        let mut out: Vec<R> = Vec::with_capacity(len.min(1 << 16));
+        let mut later: std::collections::BTreeMap<u64, result::Values<R>> =
+            std::collections::BTreeMap::new();
+        let mut next = 0u64;
+        let mut first_error: Option<TaskError> = None;
+        let mut place = |chunk: result::Values<R>, first_error: &mut Option<TaskError>| {
+            let chunk = match chunk {
+                result::Values::All(values) => {
+                    if first_error.is_none() {
+                        out.extend(values);
+                    }
+                    return;
+                }
+                result::Values::Each(items) => items,
+            };
+            for item in chunk {
+                match item {
+                    Ok(v) if first_error.is_none() => out.push(v),
+                    Ok(_) => {}
+                    // In input order, so the first seen is the first item that failed.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        };
         loop {
             let (index, chunk) = match stream.next_chunk(None)? {
                 iter::Next::Chunk(index, chunk) => (index, chunk),
                 iter::Next::TimedOut => return Err(TaskError::Timeout),
                 iter::Next::End => break,
             };
-            let base = index as usize * chunksize;
-            for (k, item) in chunk.into_iter().enumerate() {
-                let at = base + k;
-                match item {
-                    Ok(v) => {
-                        if out.len() <= at {
-                            out.resize_with(at + 1, || None);
-                        }
-                        out[at] = Some(v);
-                    }
-                    Err(e) => {
-                        if first_error.as_ref().is_none_or(|(i, _)| at < *i) {
-                            first_error = Some((at, e));
-                        }
-                    }
-                }
+            if index != next {
+                later.insert(index, chunk);
+                continue;
+            }
+            place(chunk, &mut first_error);
+            next += 1;
+            while let Some(chunk) = later.remove(&next) {
+                place(chunk, &mut first_error);
+                next += 1;
             }
         }
-        if let Some((_, e)) = first_error {
-            return Err(e);
+        match first_error {
+            Some(e) => Err(e),
+            None if later.is_empty() => Ok(out),
+            None => Err(TaskError::Failed("a result is missing".to_owned())),
         }
-        out.into_iter()
-            .map(|v| v.ok_or_else(|| TaskError::Failed("a result is missing".to_owned())))
-            .collect()
     }
 
     /// Submits a whole map and returns at once (`map_async`); the input is read and encoded

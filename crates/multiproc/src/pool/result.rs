@@ -294,6 +294,19 @@ pub(crate) fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result
     let items = raw.items;
     // Decoding takes the transits of the shared objects named (so the drop has none left).
     raw.by_name.clear();
+    if raw.all_returned {
+        let values: Result<Vec<R>, _> = fds::decoding(fds, || crate::codec::decode(&bytes));
+        match values {
+            Ok(values) if values.len() == items as usize => out.extend(values.into_iter().map(Ok)),
+            Ok(_) => out.extend((0..items).map(|_| {
+                Err(TaskError::Failed(
+                    "the result has another number of values than items".to_owned(),
+                ))
+            })),
+            Err(e) => out.extend((0..items).map(|_| Err(TaskError::Decode(e.clone())))),
+        }
+        return;
+    }
     fds::decoding(fds, || {
         let mut rest = &bytes[..];
         for _ in 0..items {
@@ -331,18 +344,50 @@ pub(crate) fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result
     });
 }
 
+/// The values of one task's items.
+pub(crate) enum Values<R> {
+    /// Every item returned (the usual case, kept as plain values: no `Result` per item).
+    All(Vec<R>),
+    /// Each item's value or error.
+    Each(Vec<Result<R, TaskError>>),
+}
+
+impl<R> Values<R> {
+    pub(crate) fn into_results(self) -> Vec<Result<R, TaskError>> {
+        match self {
+            Self::All(v) => v.into_iter().map(Ok).collect(),
+            Self::Each(v) => v,
+        }
+    }
+}
+
 /// Decodes an outcome into its items' values; a failed task gives its error for each of its
 /// `items`.
 pub(crate) fn decode_outcome<R: DeserializeOwned>(
     outcome: super::engine::Outcome,
     items: u32,
-) -> Vec<Result<R, TaskError>> {
+) -> Values<R> {
     let mut out = Vec::with_capacity(items as usize);
     match outcome {
+        Ok(mut raw) if raw.all_returned => {
+            let bytes = std::mem::take(&mut raw.bytes);
+            let fds = std::mem::take(&mut raw.fds);
+            // Decoding takes the transits of the shared objects named.
+            raw.by_name.clear();
+            match fds::decoding(fds, || crate::codec::decode::<Vec<R>>(&bytes)) {
+                Ok(values) if values.len() == items as usize => return Values::All(values),
+                Ok(_) => out.extend((0..items).map(|_| {
+                    Err(TaskError::Failed(
+                        "the result has another number of values than items".to_owned(),
+                    ))
+                })),
+                Err(e) => out.extend((0..items).map(|_| Err(TaskError::Decode(e.clone())))),
+            }
+        }
         Ok(raw) => decode_entries(raw, &mut out),
         Err(e) => out.extend((0..items).map(|_| Err(e.clone()))),
     }
-    out
+    Values::Each(out)
 }
 
 /// The value of a one-task batch (`apply_async`).
@@ -358,6 +403,7 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
     }
     match o.ready.remove(&0) {
         Some(outcome) => decode_outcome(outcome, 1)
+            .into_results()
             .into_iter()
             .next()
             .unwrap_or(Err(TaskError::Taken)),
