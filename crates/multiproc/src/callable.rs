@@ -364,36 +364,46 @@ fn run_each<T: DeserializeOwned, R: Serialize>(
     let items: Vec<T> = codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
         .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
     // One `catch_unwind` for a run of items, not one per item: a panic ends the run, is
-    // recorded in its item's place, and the next run starts after it.
-    let mut results: Vec<Result<R, (String, Option<String>)>> = Vec::with_capacity(items.len());
+    // recorded with its item's place, and the next run starts after it. Values and panics
+    // are kept apart, so the values stay as compact as `R` (fresh pages cost).
+    let mut values: Vec<R> = Vec::with_capacity(items.len());
+    let mut panics: Vec<(usize, (String, Option<String>))> = Vec::new();
     let mut items = items.into_iter();
     loop {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for item in items.by_ref() {
-                results.push(Ok(call(item)));
+                values.push(call(item));
             }
         }));
         match run {
             Ok(()) => break,
-            Err(payload) => results.push(Err(crate::bootstrap::caught_panic(payload))),
+            Err(payload) => {
+                let at = values.len() + panics.len();
+                panics.push((at, crate::bootstrap::caught_panic(payload)));
+            }
         }
     }
-    let panicked = results.iter().any(Result::is_err);
+    let panicked = !panics.is_empty();
     let (encoded, fds, by_name) = codec::fds::encoding_segments_by_name(|| {
         if !panicked {
             // The usual case, in one go: the values as one postcard sequence.
-            return codec::Postcard::encode(&AllReturned(&results), out);
+            return codec::Postcard::encode(&values, out);
         }
-        for r in &results {
-            match r {
-                Ok(r) => {
-                    out.push(ITEM_RETURNED);
-                    codec::Postcard::encode(r, out)?;
-                }
-                Err(panic) => {
+        let mut values = values.iter();
+        let mut panics = panics.iter().peekable();
+        for at in 0.. {
+            match panics.next_if(|(p, _)| *p == at) {
+                Some((_, panic)) => {
                     out.push(ITEM_PANICKED);
                     codec::Postcard::encode(panic, out)?;
                 }
+                None => match values.next() {
+                    Some(v) => {
+                        out.push(ITEM_RETURNED);
+                        codec::Postcard::encode(v, out)?;
+                    }
+                    None => break,
+                },
             }
         }
         Ok::<(), codec::CodecError>(())
@@ -405,21 +415,6 @@ fn run_each<T: DeserializeOwned, R: Serialize>(
             panicked,
         }),
         Err(e) => Err(RunError::EncodeResult(e.to_string())),
-    }
-}
-
-/// The results of a task whose items all returned, encoded as a plain sequence of values.
-struct AllReturned<'a, R, P>(&'a [Result<R, P>]);
-
-impl<R: Serialize, P> Serialize for AllReturned<'_, R, P> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        // (Made only when every item returned: `flatten` skips nothing.)
-        for v in self.0.iter().flatten() {
-            seq.serialize_element(v)?;
-        }
-        seq.end()
     }
 }
 
