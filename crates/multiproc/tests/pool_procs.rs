@@ -2216,8 +2216,10 @@ fn several_futures_awaited_at_once_in_one_thread_finish_in_their_order() {
         let v: Vec<u64> = v.into_iter().map(Result::unwrap).collect();
         assert_eq!(v, [0, 1, 2, 3]);
         assert_eq!(order, release);
-        // Woken once per release at least, and not polled in a busy loop.
-        assert!((4..=40).contains(&wakes), "{wakes} wakes");
+        // Woken, and not polled in a busy loop. (Not necessarily once per release: a task that
+        // finishes while the executor is still polling after the previous wake is seen in that
+        // same poll, with no wake of its own.)
+        assert!((1..=40).contains(&wakes), "{wakes} wakes");
         close_and_join(&pool);
     });
 }
