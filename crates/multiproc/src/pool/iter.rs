@@ -258,7 +258,8 @@ where
     }
 }
 
-/// The iterator of [`Pool::imap`]: each item's result, in input order.
+/// The iterator of [`Pool::imap`] (each item's result, in input order) and of
+/// [`Pool::imap_unordered`] (in the order the tasks finish).
 ///
 /// Dropping it before the end stops reading the input; tasks already submitted still run
 /// and their results are thrown away.
@@ -338,81 +339,18 @@ impl<I, R> std::fmt::Debug for IMap<'_, I, R> {
     }
 }
 
-/// The iterator of [`Pool::imap_unordered`]: each item's result, in the order the tasks
-/// finish.
+/// The iterator of [`Pool::imap_unordered`]: the same type as [`IMap`], giving each item's
+/// result in the order the tasks finish.
 ///
 /// # Examples
 ///
 /// ```
 /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
 /// let pool = multiproc::Pool::new(2)?;
-/// let mut v = pool.imap_unordered(|x: u32| x + 1, [1, 2, 3])?.collect::<Result<Vec<_>, _>>()?;
+/// let it: multiproc::IMapUnordered<'_, _, u32> = pool.imap_unordered(|x: u32| x + 1, [1, 2, 3])?;
+/// let mut v = it.collect::<Result<Vec<_>, _>>()?;
 /// v.sort();
 /// assert_eq!(v, [2, 3, 4]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct IMapUnordered<'p, I, R> {
-    items: Items<'p, I, R>,
-}
-
-impl<'p, I, R> IMapUnordered<'p, I, R> {
-    pub(crate) fn new(stream: Stream<'p, I, R>) -> Self {
-        Self {
-            items: Items {
-                stream,
-                buffer: VecDeque::new(),
-                done: false,
-            },
-        }
-    }
-}
-
-impl<I, R> IMapUnordered<'_, I, R>
-where
-    I: Iterator,
-    I::Item: Serialize,
-    R: DeserializeOwned,
-{
-    /// The next item, waiting at most `timeout` for it (CPython's `next(timeout)`):
-    /// `Some(Err(TaskError::Timeout))` if it is not ready in time, and the iterator goes on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use multiproc::TaskError;
-    ///
-    /// # multiproc::set_start_method(multiproc::StartMethod::Fork).unwrap();
-    /// let pool = multiproc::Pool::new(1)?;
-    /// let mut it = pool.imap_unordered(std::thread::sleep, [Duration::from_millis(300)])?;
-    /// assert!(matches!(it.next_timeout(Duration::from_millis(1)), Some(Err(TaskError::Timeout))));
-    /// assert!(matches!(it.next_timeout(Duration::from_secs(20)), Some(Ok(()))));
-    /// assert!(it.next().is_none());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
-        self.items.next_item(Some(Instant::now() + timeout))
-    }
-}
-
-impl<I, R> Iterator for IMapUnordered<'_, I, R>
-where
-    I: Iterator,
-    I::Item: Serialize,
-    R: DeserializeOwned,
-{
-    type Item = Result<R, TaskError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.items.next_item(None)
-    }
-}
-
-impl<I, R> std::fmt::Debug for IMapUnordered<'_, I, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IMapUnordered")
-            .field("submitted", &self.items.stream.submitted)
-            .field("taken", &self.items.stream.taken)
-            .finish()
-    }
-}
+pub type IMapUnordered<'p, I, R> = IMap<'p, I, R>;

@@ -1324,19 +1324,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
-        let chunksize = options.chunksize.unwrap_or(1);
-        if chunksize == 0 {
-            return Err(PoolError::ChunkSize(0));
-        }
-        let stream = iter::Stream::open(
-            self,
-            Func::plain(f)?,
-            items.into_iter(),
-            chunksize,
-            options,
-            true,
-        )?;
-        Ok(IMap::new(stream))
+        self.imap_stream(Func::plain(f), items, options, true)
     }
 
     /// Results in the order the tasks finish (`imap_unordered`); each comes with nothing
@@ -1401,19 +1389,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
-        let chunksize = options.chunksize.unwrap_or(1);
-        if chunksize == 0 {
-            return Err(PoolError::ChunkSize(0));
-        }
-        let stream = iter::Stream::open(
-            self,
-            Func::plain(f)?,
-            items.into_iter(),
-            chunksize,
-            options,
-            false,
-        )?;
-        Ok(IMapUnordered::new(stream))
+        self.imap_stream(Func::plain(f), items, options, false)
     }
 
     /// Submits one task and returns its future (`ProcessPoolExecutor.submit`): the same
@@ -1609,18 +1585,22 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
+        self.imap_stream(Func::with_state(f), items, options, true)
+    }
+
+    /// An imap iterator over `items` (chunk size 1 unless the options say).
+    fn imap_stream<T: Serialize, R: DeserializeOwned, I: IntoIterator<Item = T>>(
+        &self,
+        f: Result<Func<T, R>, PoolError>,
+        items: I,
+        options: &MapOptions,
+        ordered: bool,
+    ) -> Result<IMap<'_, I::IntoIter, R>, PoolError> {
         let chunksize = options.chunksize.unwrap_or(1);
         if chunksize == 0 {
             return Err(PoolError::ChunkSize(0));
         }
-        let stream = iter::Stream::open(
-            self,
-            Func::with_state(f)?,
-            items.into_iter(),
-            chunksize,
-            options,
-            true,
-        )?;
+        let stream = iter::Stream::open(self, f?, items.into_iter(), chunksize, options, ordered)?;
         Ok(IMap::new(stream))
     }
 
