@@ -15,6 +15,7 @@
 //!   the exit after every result the worker sent before it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -32,6 +33,32 @@ use super::wire::{self, ResultHeader, TaskHeader};
 use super::worker::Status;
 use super::{Encoded, PoolError, Retry, TaskError, WorkerStats};
 use crate::queue::QueueError;
+
+/// A map keyed by the pool's own ids (tasks, batches, chunk indices): sequential numbers
+/// that no peer chooses, so a multiplicative hash does (SipHash, std's default, guards against
+/// chosen keys and cost a fifth of the caller's time per task in a chunksize-1 map).
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of one `u64`: spreads sequential ids over the high bits (which the
+/// table's control bytes use) as well as the low ones.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// The marker type of the pool's internal queues, whose records are raw bytes.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -147,7 +174,7 @@ pub(crate) type OnComplete = Box<dyn FnOnce(&mut BatchOutcomes) + Send>;
 /// The finished tasks of a batch, by index, not yet taken by its consumer.
 #[derive(Default)]
 pub(crate) struct BatchOutcomes {
-    pub(crate) ready: HashMap<u64, Outcome>,
+    pub(crate) ready: IdMap<Outcome>,
     /// Indices in the order their tasks finished (for `imap_unordered`).
     pub(crate) arrival: VecDeque<u64>,
     /// Whatever the completion callback made of them (a decoded value).
@@ -217,8 +244,6 @@ struct Worker {
     status: Status,
     /// Tasks in its queue or running, oldest (the one running) first.
     assigned: VecDeque<u64>,
-    /// When the first task of `assigned` started, as far as the pool knows (at the latest).
-    since: Instant,
     /// Tasks it may still be given (`maxtasksperchild`); `u64::MAX` without a limit.
     budget: u64,
     /// It was sent STOP, was killed, or has ended: it gets nothing more.
@@ -237,8 +262,8 @@ struct State {
     workers: Vec<Worker>,
     next_serial: u32,
     pending: VecDeque<u64>,
-    tasks: HashMap<u64, Task>,
-    batches: HashMap<u64, Batch>,
+    tasks: IdMap<Task>,
+    batches: IdMap<Batch>,
     next_task: u64,
     next_batch: u64,
     /// Threads waiting on `changed`.
@@ -328,8 +353,8 @@ impl Engine {
                 workers: Vec::with_capacity(processes),
                 next_serial: 1,
                 pending: VecDeque::new(),
-                tasks: HashMap::new(),
-                batches: HashMap::new(),
+                tasks: IdMap::default(),
+                batches: IdMap::default(),
                 next_task: 1,
                 next_batch: 1,
                 waiters: 0,
@@ -491,7 +516,6 @@ impl Engine {
             sentinel: Arc::new(sentinel),
             status,
             assigned: VecDeque::new(),
-            since: now,
             budget: if self.maxtasks == 0 {
                 u64::MAX
             } else {
@@ -647,9 +671,6 @@ impl Engine {
                         task.fds.clear();
                     }
                     task.worker = Some(w.serial);
-                    if w.assigned.is_empty() {
-                        w.since = Instant::now();
-                    }
                     w.assigned.push_back(id);
                     // At 0 it exits after this task: nothing more goes to it (unless a task
                     // is taken back from its queue, which gives the budget back).
@@ -1042,14 +1063,12 @@ impl Engine {
     }
 
     fn on_result(&self, st: &mut State, h: ResultHeader, body: &[u8], fds: Vec<OwnedFd>) {
-        let now = Instant::now();
         let items = st.tasks.get(&h.id).map_or(0, |t| u64::from(t.count));
         if let Some(w) = st.workers.iter_mut().find(|w| w.serial == h.worker) {
             w.stats.items += items;
             if let Some(pos) = w.assigned.iter().position(|&id| id == h.id) {
                 w.assigned.remove(pos);
             }
-            w.since = now;
             w.stats.tasks += 1;
             w.stats.busy += Duration::from_nanos(h.busy_ns);
         }

@@ -1,14 +1,14 @@
 //! `imap`, `imap_unordered` and the synchronous `map`: a stream of chunks fed lazily from
 //! the caller's iterator, with a bounded number of tasks in flight.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::engine::{Engine, TaskOpts};
+use super::engine::{Engine, IdMap, TaskOpts};
 use super::result::{Values, decode_outcome};
 use super::{Func, MapOptions, Pool, PoolError, TaskError, encode_items};
 
@@ -32,7 +32,7 @@ pub(crate) struct Stream<'p, I, R> {
     ordered: bool,
     sealed: bool,
     /// Items of each chunk not yet taken.
-    counts: HashMap<u64, u32>,
+    counts: IdMap<u32>,
     /// The whole call's deadline.
     deadline: Option<Instant>,
     #[cfg(feature = "progress")]
@@ -92,7 +92,7 @@ where
             next_index: 0,
             ordered,
             sealed: false,
-            counts: HashMap::new(),
+            counts: IdMap::default(),
             deadline: options.timeout.map(|t| Instant::now() + t),
             #[cfg(feature = "progress")]
             progress,
