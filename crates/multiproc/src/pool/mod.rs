@@ -660,6 +660,14 @@ where
 /// the tasks it had not started go to the others. A panic in a task comes back as
 /// [`TaskError::Panicked`] and the worker goes on.
 ///
+/// # Under the `fork` start method
+///
+/// Starting a worker by `fork` takes std's standard-output and standard-error locks for the
+/// moment of the fork (so the child finds them consistent). A thread that holds
+/// `std::io::stdout().lock()` while it waits for a result that needs a new worker (a
+/// replacement after a death or after `maxtasksperchild`) would wait for ever: do not hold
+/// those locks across pool calls there. `spawn` and `forkserver` have no such rule.
+///
 /// # Dropping
 ///
 /// Dropping a pool terminates it, as leaving CPython's `with Pool() as p:` block does: the
