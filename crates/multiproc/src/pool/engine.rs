@@ -966,10 +966,16 @@ impl Engine {
         self.role_taken.store(true, Ordering::Relaxed);
         let _taken = Taken(&self.role_taken);
         let mut rec = Vec::new();
+        // A record the blocking take below brought (its bytes are in `rec`).
+        let mut woken: Option<Vec<OwnedFd>> = None;
         loop {
-            // Everything already there, under one lock.
+            // That record and everything already there, under one lock.
             let mut st = lock(&self.state);
             let mut got = 0usize;
+            if let Some(fds) = woken.take() {
+                self.on_record(&mut st, &rec, fds);
+                got += 1;
+            }
             loop {
                 rec.clear();
                 match self.results.take_raw(false, None, &mut rec) {
@@ -1008,19 +1014,7 @@ impl Engine {
             let slice = deadline.map_or(now + TICK, |d| d.min(now + TICK));
             rec.clear();
             match self.results.take_raw(true, Some(slice), &mut rec) {
-                Ok(fds) => {
-                    let mut st = lock(&self.state);
-                    self.on_record(&mut st, &rec, fds);
-                    st.last_collect = Instant::now();
-                    self.dispatch(&mut st);
-                    self.wake_waiters(&st);
-                    let met = done(&st);
-                    drop(st);
-                    self.run_deferred_if_any();
-                    if met {
-                        return true;
-                    }
-                }
+                Ok(fds) => woken = Some(fds),
                 Err(TakeFail::Empty) => {}
                 Err(TakeFail::Error(_)) => {
                     // The result queue itself failed: nothing more will come through it.
@@ -1469,33 +1463,7 @@ impl Engine {
 
     /// Waits until no task is left, collecting as needed.
     fn wait_all(&self, deadline: Option<Instant>) -> bool {
-        let mut st = lock(&self.state);
-        loop {
-            if st.tasks.is_empty() && st.pending.is_empty() {
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return false;
-            }
-            if let Some(role) = self.try_role() {
-                drop(st);
-                let met = self.collect(&|st: &State| st.tasks.is_empty(), deadline);
-                drop(role);
-                self.wake_waiters(&lock(&self.state));
-                if met {
-                    return true;
-                }
-                st = lock(&self.state);
-                continue;
-            }
-            st.waiters += 1;
-            st = self
-                .changed
-                .wait_timeout(st, TICK)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            st.waiters -= 1;
-        }
+        self.wait_for(&|st: &State| st.tasks.is_empty(), deadline)
     }
 
     /// Per-worker figures: the live workers, then those that have ended.

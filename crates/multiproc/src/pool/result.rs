@@ -287,26 +287,14 @@ impl<R> Drop for AsyncResult<R> {
 }
 
 /// Decodes the entries of one task's result, appending one value (or error) per item.
-pub(crate) fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskError>>) {
+/// (The tagged form, for a task some item of which panicked; see [`decode_outcome`].)
+fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskError>>) {
     let mut raw = raw;
     let bytes = std::mem::take(&mut raw.bytes);
     let fds = std::mem::take(&mut raw.fds);
     let items = raw.items;
     // Decoding takes the transits of the shared objects named (so the drop has none left).
     raw.by_name.clear();
-    if raw.all_returned {
-        let values: Result<Vec<R>, _> = fds::decoding(fds, || crate::codec::decode(&bytes));
-        match values {
-            Ok(values) if values.len() == items as usize => out.extend(values.into_iter().map(Ok)),
-            Ok(_) => out.extend((0..items).map(|_| {
-                Err(TaskError::Failed(
-                    "the result has another number of values than items".to_owned(),
-                ))
-            })),
-            Err(e) => out.extend((0..items).map(|_| Err(TaskError::Decode(e.clone())))),
-        }
-        return;
-    }
     fds::decoding(fds, || {
         let mut rest = &bytes[..];
         for _ in 0..items {
@@ -422,13 +410,17 @@ pub(crate) fn decode_all<T: DeserializeOwned>(
     for i in 0..submitted {
         match o.ready.remove(&i) {
             Some(Ok(raw)) => {
-                let mut entries = Vec::with_capacity(raw.items as usize);
-                decode_entries::<T>(raw, &mut entries);
-                for e in entries {
-                    match e {
-                        Ok(v) => values.push(v),
-                        Err(e) => {
-                            first_error.get_or_insert(e);
+                let items = raw.items;
+                match decode_outcome::<T>(Ok(raw), items) {
+                    Values::All(v) => values.extend(v),
+                    Values::Each(each) => {
+                        for e in each {
+                            match e {
+                                Ok(v) => values.push(v),
+                                Err(e) => {
+                                    first_error.get_or_insert(e);
+                                }
+                            }
                         }
                     }
                 }

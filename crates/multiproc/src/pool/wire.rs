@@ -51,67 +51,76 @@ pub(crate) struct ResultHeader {
     pub(crate) names_len: u64,
 }
 
-fn word(bytes: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(w)
+/// Both headers have the same shape: a `u64`, two `u32`s, two `u64`s.
+type Words = (u64, u32, u32, u64, u64);
+
+fn write_words(out: &mut Vec<u8>, (a, b, c, d, e): Words) {
+    out.extend_from_slice(&a.to_le_bytes());
+    out.extend_from_slice(&b.to_le_bytes());
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&d.to_le_bytes());
+    out.extend_from_slice(&e.to_le_bytes());
 }
 
-fn half(bytes: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(w)
+/// The header's words and the body; `None` if the record is too short.
+fn read_words(record: &[u8]) -> Option<(Words, &[u8])> {
+    let (h, body) = record.split_at_checked(HEADER)?;
+    let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
+    let half = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().unwrap_or_default());
+    Some(((word(0), half(8), half(12), word(16), word(24)), body))
 }
 
 impl TaskHeader {
     /// Appends the header to `out` (which should be empty: the body follows).
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.id.to_le_bytes());
-        out.extend_from_slice(&self.kind.to_le_bytes());
-        out.extend_from_slice(&self.count.to_le_bytes());
-        out.extend_from_slice(&self.runner.to_le_bytes());
-        out.extend_from_slice(&self.target.to_le_bytes());
+        write_words(
+            out,
+            (self.id, self.kind, self.count, self.runner, self.target),
+        );
     }
 
     /// Splits a record into its header and body; `None` if it is too short.
     pub(crate) fn read(record: &[u8]) -> Option<(Self, &[u8])> {
-        if record.len() < HEADER {
-            return None;
-        }
-        let h = Self {
-            id: word(record, 0),
-            kind: half(record, 8),
-            count: half(record, 12),
-            runner: word(record, 16),
-            target: word(record, 24),
-        };
-        Some((h, &record[HEADER..]))
+        let ((id, kind, count, runner, target), body) = read_words(record)?;
+        Some((
+            Self {
+                id,
+                kind,
+                count,
+                runner,
+                target,
+            },
+            body,
+        ))
     }
 }
 
 impl ResultHeader {
     /// Appends the header to `out` (which should be empty: the body follows).
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.id.to_le_bytes());
-        out.extend_from_slice(&self.kind.to_le_bytes());
-        out.extend_from_slice(&self.worker.to_le_bytes());
-        out.extend_from_slice(&self.busy_ns.to_le_bytes());
-        out.extend_from_slice(&self.names_len.to_le_bytes());
+        let words = (
+            self.id,
+            self.kind,
+            self.worker,
+            self.busy_ns,
+            self.names_len,
+        );
+        write_words(out, words);
     }
 
     /// Splits a record into its header and body; `None` if it is too short.
     pub(crate) fn read(record: &[u8]) -> Option<(Self, &[u8])> {
-        if record.len() < HEADER {
-            return None;
-        }
-        let h = Self {
-            id: word(record, 0),
-            kind: half(record, 8),
-            worker: half(record, 12),
-            busy_ns: word(record, 16),
-            names_len: word(record, 24),
-        };
-        Some((h, &record[HEADER..]))
+        let ((id, kind, worker, busy_ns, names_len), body) = read_words(record)?;
+        Some((
+            Self {
+                id,
+                kind,
+                worker,
+                busy_ns,
+                names_len,
+            },
+            body,
+        ))
     }
 
     /// Overwrites the header at the start of `record` (made with room for it).
