@@ -502,7 +502,7 @@ impl<F: FnPtr> Serialize for TrustedFn<F> {
         // SAFETY:
         // - `F` is a function pointer type (sealed), as large as `usize`.
         let addr = unsafe { std::mem::transmute_copy::<F, usize>(&self.0) };
-        check_in_image(addr).map_err(serde::ser::Error::custom)?;
+        check_in_image(addr).map_err(crate::codec::ser_error)?;
         s.serialize_u64(addr.wrapping_sub(anchor()) as u64)
     }
 }
@@ -511,12 +511,12 @@ impl<'de, F: FnPtr> Deserialize<'de> for TrustedFn<F> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let offset = u64::deserialize(d)?;
         if !in_trusted_decoding() {
-            return Err(serde::de::Error::custom(
+            return Err(crate::codec::de_error(
                 "a function can reach another process only as a Process argument",
             ));
         }
         let addr = anchor().wrapping_add(offset as usize);
-        check_in_image(addr).map_err(serde::de::Error::custom)?;
+        check_in_image(addr).map_err(crate::codec::de_error)?;
         // SAFETY:
         // - we decode a Process's arguments from its parent (trusted decoding), whose image
         //   has our build identity (the bootstrap compared them); the parent serialized this

@@ -1892,7 +1892,12 @@ fn cancel_agrees_with_the_result_when_the_task_just_finished() {
             let r = pool
                 .apply_async(tell_and_return, (told.clone(), x))
                 .unwrap();
-            told.get_timeout(LONG).unwrap();
+            if told.get_timeout(LONG).is_err() {
+                panic!(
+                    "task {x} did not run: {:?}",
+                    r.get_timeout(Duration::from_secs(1))
+                );
+            }
             // The task has returned or is about to: its result is on its way.
             let said = r.cancel();
             let got = r.get_timeout(LONG);

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::thread::LocalKey;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most descriptors one message may carry (Linux's `SCM_MAX_FD`).
 pub(crate) const MAX_PER_MESSAGE: usize = 253;
@@ -240,7 +240,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
         });
     match index {
         Ok(i) => s.serialize_u32(i),
-        Err(msg) => Err(ser::Error::custom(msg)),
+        Err(msg) => Err(crate::codec::ser_error(msg)),
     }
 }
 
@@ -250,10 +250,10 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
     INCOMING.with(|i| {
         let mut i = i.borrow_mut();
         let table = i.as_mut().ok_or_else(|| {
-            de::Error::custom("a descriptor can only be received through multiproc")
+            crate::codec::de_error("a descriptor can only be received through multiproc")
         })?;
         table.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            de::Error::custom(format!("descriptor {index} missing from the message"))
+            crate::codec::de_error(format!("descriptor {index} missing from the message"))
         })
     })
 }

@@ -16,7 +16,9 @@ mod pickle;
 pub use fds::Descriptor;
 pub use pickle::{Pickle, PyValue};
 
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Serialize, de, de::DeserializeOwned, ser};
+use std::cell::RefCell;
+use std::fmt::Display;
 
 /// A way to turn values into message bytes and back. Implemented by [`Postcard`] (the
 /// default) and [`Pickle`].
@@ -70,8 +72,8 @@ impl Codec for Postcard {
 
     fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let taken = std::mem::take(out);
-        *out = postcard::to_extend(value, taken)
-            .map_err(|e| CodecError::new("cannot encode value", e))?;
+        forget_custom();
+        *out = postcard::to_extend(value, taken).map_err(|e| postcard_error(ENCODE, e))?;
         Ok(())
     }
 
@@ -104,7 +106,7 @@ impl Codec for Postcard {
 /// # multiproc::set_start_method(StartMethod::Fork).unwrap();
 /// let mut p = Process::new(take, Refuses);
 /// match p.start() {
-///     // (postcard reports custom serde errors without their text)
+///     // (postcard reports a custom serde error of the caller's own without its text)
 ///     Err(ProcessError::Codec(e)) => assert!(e.to_string().starts_with("cannot encode value")),
 ///     other => panic!("{other:?}"),
 /// }
@@ -126,17 +128,111 @@ impl CodecError {
     }
 }
 
+const ENCODE: &str = "cannot encode value";
+const DECODE: &str = "cannot decode value";
+
 /// Encodes a value.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    postcard::to_stdvec(value).map_err(|e| CodecError::new("cannot encode value", e))
+    forget_custom();
+    postcard::to_stdvec(value).map_err(|e| postcard_error(ENCODE, e))
 }
 
 /// Decodes a value; trailing bytes are an error.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| CodecError::new("cannot decode value", e))?;
+    let (value, rest) = take_from_bytes(bytes)?;
     if !rest.is_empty() {
-        return Err(CodecError::new("cannot decode value", "trailing bytes"));
+        return Err(CodecError::new(DECODE, "trailing bytes"));
     }
     Ok(value)
+}
+
+/// Decodes a value from the front of `bytes`; returns it and the bytes after it.
+pub(crate) fn take_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    forget_custom();
+    postcard::take_from_bytes(bytes).map_err(|e| postcard_error(DECODE, e))
+}
+
+// Postcard drops the text of a custom serde error (`Error::custom(msg)` becomes a bare
+// "Serde Deserialization Error"). An error made through `ser_error` / `de_error` (the ones
+// multiproc's own types raise: a shared object that is gone, a descriptor missing, a build
+// that differs) leaves its text here too, and the codec's error carries it.
+thread_local! {
+    static CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+// (`try_with`: a value may be encoded or decoded from an exit handler, after this thread's
+// locals are gone; the text is then simply not kept.)
+fn forget_custom() {
+    let _ = CUSTOM.try_with(|c| c.borrow_mut().take());
+}
+
+fn keep_custom(text: &str) {
+    let _ = CUSTOM.try_with(|c| *c.borrow_mut() = Some(text.to_owned()));
+}
+
+/// A postcard error, with the text of the custom error behind it if one was kept.
+fn postcard_error(context: &'static str, e: postcard::Error) -> CodecError {
+    let kept = CUSTOM.try_with(|c| c.borrow_mut().take()).ok().flatten();
+    match (e, kept) {
+        (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(text)) => {
+            CodecError::new(context, text)
+        }
+        (e, _) => CodecError::new(context, e),
+    }
+}
+
+/// A serde encoding error whose text survives any codec (see [`postcard_error`]).
+pub(crate) fn ser_error<E: ser::Error>(msg: impl Display) -> E {
+    let text = msg.to_string();
+    keep_custom(&text);
+    E::custom(text)
+}
+
+/// A serde decoding error whose text survives any codec (see [`postcard_error`]).
+pub(crate) fn de_error<E: de::Error>(msg: impl Display) -> E {
+    let text = msg.to_string();
+    keep_custom(&text);
+    E::custom(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Refuses both ways the way multiproc's own types do.
+    #[derive(Debug)]
+    struct Refuses;
+
+    impl Serialize for Refuses {
+        fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(ser_error("no encoding today"))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Refuses {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u8::deserialize(d)?;
+            Err(de_error("shared memory \"x\" is gone"))
+        }
+    }
+
+    #[test]
+    fn multiprocs_own_custom_errors_keep_their_text() {
+        let e = encode(&(1u8, Refuses)).unwrap_err();
+        assert_eq!(e.to_string(), "cannot encode value: no encoding today");
+        let mut out = Vec::new();
+        let e = Postcard::encode(&[Refuses], &mut out).unwrap_err();
+        assert_eq!(e.to_string(), "cannot encode value: no encoding today");
+        let e = decode::<(u8, Refuses)>(&[1, 2]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot decode value: shared memory \"x\" is gone"
+        );
+        // A later failure of another kind does not inherit the text.
+        let e = decode::<(u8, u8)>(&[1]).unwrap_err();
+        assert!(!e.to_string().contains("gone"), "{e}");
+        let e = decode::<u8>(&[1, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "cannot decode value: trailing bytes");
+    }
 }

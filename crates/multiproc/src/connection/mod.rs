@@ -830,13 +830,12 @@ impl Serialize for FdRef<'_> {
 
 impl<T, C: Codec> Serialize for Connection<T, C> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
         let end = self
             .end
             .as_ref()
-            .ok_or_else(|| S::Error::custom("cannot send a closed connection"))?;
+            .ok_or_else(|| crate::codec::ser_error("cannot send a closed connection"))?;
         let pending = end.pending().ok_or_else(|| {
-            S::Error::custom(
+            crate::codec::ser_error(
                 "cannot send a connection in the middle of receiving: finish the message first",
             )
         })?;

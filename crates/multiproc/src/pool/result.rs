@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::callable::{ITEM_PANICKED, ITEM_RETURNED};
-use crate::codec::{CodecError, fds};
+use crate::codec::{self, fds};
 
 use super::engine::{BatchOutcomes, Engine, OnComplete, Raw};
 use super::{PoolError, TaskError};
@@ -305,8 +305,8 @@ fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskErr
                 continue;
             };
             let decoded = match tag {
-                ITEM_RETURNED => postcard::take_from_bytes::<R>(tail).map(|(v, r)| (Ok(v), r)),
-                ITEM_PANICKED => postcard::take_from_bytes::<(String, Option<String>)>(tail).map(
+                ITEM_RETURNED => codec::take_from_bytes::<R>(tail).map(|(v, r)| (Ok(v), r)),
+                ITEM_PANICKED => codec::take_from_bytes::<(String, Option<String>)>(tail).map(
                     |((message, location), r)| (Err(TaskError::Panicked { message, location }), r),
                 ),
                 _ => {
@@ -321,10 +321,7 @@ fn decode_entries<R: DeserializeOwned>(raw: Raw, out: &mut Vec<Result<R, TaskErr
                     rest = r;
                 }
                 Err(e) => {
-                    out.push(Err(TaskError::Decode(CodecError::new(
-                        "cannot decode value",
-                        e,
-                    ))));
+                    out.push(Err(TaskError::Decode(e)));
                     rest = &[];
                 }
             }

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub(crate) mod ring;
 
@@ -726,9 +726,9 @@ impl<T> Queue<T> {
         let seg = w.seg.0;
         let capacity = seg
             .check_header(kind, 0, segment::type_tag::<T>())
-            .map_err(de::Error::custom)?;
+            .map_err(crate::codec::de_error)?;
         let side = w.side.map(|(tx, rx)| Side { tx: tx.0, rx: rx.0 });
-        let ring = Ring::new(seg, capacity, side).map_err(de::Error::custom)?;
+        let ring = Ring::new(seg, capacity, side).map_err(crate::codec::de_error)?;
         Ok(Self {
             ring: Arc::new(ring),
             closed: Arc::new(AtomicBool::new(false)),

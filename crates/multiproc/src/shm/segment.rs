@@ -15,7 +15,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ShmError;
 use super::tracker::{self, Msg};
@@ -335,7 +335,7 @@ impl Serialize for Segment {
         // Counted in transit either way: with its descriptor the memory arrives whatever
         // happens, but its *name* must also outlive this handle until the receiver holds it
         // (it may attach by name, or pass the name on to CPython).
-        self.send_in_transit().map_err(ser::Error::custom)?;
+        self.send_in_transit().map_err(crate::codec::ser_error)?;
         if self.tracked && fd.is_none() {
             fds::note_sent_by_name(&self.name);
         }
@@ -357,17 +357,18 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Arc<Segment>, D::Error> {
     let w = Wire::<String, FdIndex>::deserialize(d)?;
-    check_name(&w.name).map_err(de::Error::custom)?;
+    check_name(&w.name).map_err(crate::codec::de_error)?;
     let tracked = w.tracking == Tracking::Tracked;
     let seg = match w.fd.map(|f| f.0) {
         Some(fd) => {
-            let seg = Segment::map_fd(w.name.clone(), fd, tracked).map_err(de::Error::custom)?;
+            let seg =
+                Segment::map_fd(w.name.clone(), fd, tracked).map_err(crate::codec::de_error)?;
             if tracked {
                 tracker::send_quietly(&Msg::Received(w.name));
             }
             seg
         }
-        None => return Segment::open_received(w.name, tracked).map_err(de::Error::custom),
+        None => return Segment::open_received(w.name, tracked).map_err(crate::codec::de_error),
     };
     Ok(Arc::new(seg))
 }
@@ -437,7 +438,7 @@ pub(crate) fn deserialize_typed<'de, D: Deserializer<'de>>(
     let seg = deserialize_segment(d)?;
     let len = seg
         .check_header(kind, elem_size, type_tag)
-        .map_err(de::Error::custom)?;
+        .map_err(crate::codec::de_error)?;
     Ok((seg, len))
 }
 

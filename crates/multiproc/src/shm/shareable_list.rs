@@ -1389,7 +1389,7 @@ impl Serialize for ShareableList {
 impl<'de> Deserialize<'de> for ShareableList {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let shm = SharedMemory::deserialize(deserializer)?;
-        ShareableList::from_shm(shm).map_err(serde::de::Error::custom)
+        ShareableList::from_shm(shm).map_err(crate::codec::de_error)
     }
 }
 

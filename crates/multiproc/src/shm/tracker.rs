@@ -18,9 +18,11 @@
 //! why attaching never destroys a segment at the attacher's exit (CPython gh-82300).
 //!
 //! Ordering: a creator sends `Created` before it creates the object, and every sender writes
-//! its `InTransit` before the bytes that carry the name leave, so a count can be read early
-//! from another connection only while the sender's own attachment still holds the total
-//! above zero.
+//! its `InTransit` before the bytes that carry the name leave, and its own `Detached` after
+//! it. Messages on different connections are read in no set order, so a receiver's
+//! `Received`, and even its `Detached` or its death, may be read before the sender's
+//! `InTransit`: the transit is then below zero for a while and counts as none, and the
+//! sender's attachment holds the name until its `InTransit` is read.
 //!
 //! The tracker exits when its last connection closes, after unlinking what is left; a later
 //! user starts a new one. Accepting a connection is confirmed with one byte, so a client that
@@ -313,7 +315,7 @@ struct Entry {
     /// unlink.
     created: i64,
     /// Encodings sent without a descriptor and not yet received (may dip below zero for a
-    /// moment when a `Received` is read before its `InTransit`).
+    /// moment when a `Received` is read before its `InTransit`: see [`Tracker::total`]).
     transit: i64,
     /// The object this name is part of (see [`Msg::PartOf`]).
     owner: Option<String>,
@@ -336,9 +338,14 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// What holds `name`: every attachment, and the encodings in transit. A transit below
+    /// zero counts as none: a receiver's `Received` was read before the sender's `InTransit`
+    /// (they come on different connections), and that receiver may already have let go or
+    /// died; the sender, which holds the name until its `InTransit` is read (its own
+    /// `Detached` comes after it, on the same connection), must not be outvoted by it.
     fn total(&self, name: &str) -> i64 {
         let attached: i64 = self.conns.iter().filter_map(|c| c.refs.get(name)).sum();
-        attached + self.names.get(name).map_or(0, |e| e.transit)
+        attached + self.names.get(name).map_or(0, |e| e.transit.max(0))
     }
 
     fn apply(&mut self, conn: usize, msg: Msg) {
@@ -727,6 +734,30 @@ mod tests {
         assert!(t.doomed.is_empty());
         t.apply(1, Msg::Detached(s("b")));
         assert_eq!(t.doomed, [s("b")]);
+    }
+
+    #[test]
+    fn a_receiver_that_lets_go_before_the_transit_is_read_does_not_unlink_what_the_sender_holds() {
+        for dies in [false, true] {
+            // The sender (0) holds the name; the receiver (1) got it, used it and let go (or
+            // died), all read before the sender's InTransit.
+            let mut t = tracker(2);
+            t.apply(0, Msg::Created(s("a")));
+            t.apply(1, Msg::Received(s("a")));
+            if dies {
+                t.drop_conn(1);
+            } else {
+                t.apply(1, Msg::Detached(s("a")));
+            }
+            assert!(
+                t.doomed.is_empty(),
+                "the sender still holds it (dies: {dies})"
+            );
+            t.apply(0, Msg::InTransit(s("a")));
+            assert!(t.doomed.is_empty());
+            t.apply(0, Msg::Detached(s("a")));
+            assert_eq!(t.doomed, [s("a")], "dies: {dies}");
+        }
     }
 
     #[test]

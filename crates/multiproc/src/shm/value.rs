@@ -57,7 +57,7 @@ use std::sync::atomic::{
 use std::time::Duration;
 
 use bytemuck::{CheckedBitPattern, NoUninit, Zeroable};
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ShmError;
 use super::segment::{self, HEADER_LEN, Header, Kind, Segment};
@@ -566,7 +566,7 @@ impl<T: Element> Slots<T> {
         raw: bool,
     ) -> Result<Self, D::Error> {
         let (seg, len) = segment::deserialize_typed(d, kind, size_of::<T>() as u64, tag::<T>(raw))?;
-        Self::checked_len(seg, kind, len).map_err(de::Error::custom)
+        Self::checked_len(seg, kind, len).map_err(crate::codec::de_error)
     }
 
     /// The elements of a decoded `kind` segment whose header says `len`: an error unless the

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::{Got, RawMutex, new_segment, travels_as_segment};
 use super::{DEATH_CHECK, SyncError, next_sleep};
@@ -69,7 +69,7 @@ impl Serialize for Action {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let spec = Callable::action(self.0)
             .to_spec()
-            .map_err(serde::ser::Error::custom)?;
+            .map_err(crate::codec::ser_error)?;
         ActionWire {
             build: callable::build_identity().to_vec(),
             spec,
@@ -82,18 +82,18 @@ impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = ActionWire::deserialize(d)?;
         if !callable::in_trusted_decoding() {
-            return Err(de::Error::custom(
+            return Err(crate::codec::de_error(
                 "a Barrier with an action can reach another process only as a Process \
                  argument (an action is code: from any other source it could name any \
                  address)",
             ));
         }
         if w.build != callable::build_identity() {
-            return Err(de::Error::custom(
+            return Err(crate::codec::de_error(
                 "a Barrier's action cannot go to a process running another build",
             ));
         }
-        let c = Callable::from_spec(w.spec).map_err(de::Error::custom)?;
+        let c = Callable::from_spec(w.spec).map_err(crate::codec::de_error)?;
         Ok(Self(c.as_action()))
     }
 }
