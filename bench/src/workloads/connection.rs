@@ -24,6 +24,9 @@
 //! - **stream**: 64-byte messages parent → child, then an empty one, which the child
 //!   answers with the number it received. The floor writes each frame with one `write`, and
 //!   the child reads in 64 KiB chunks (the raw socket's best rate).
+//! - **stream, send_bytes_many**: the same stream, sent by one `send_bytes_many` call, which
+//!   packs 64 KiB of frames into each write; the floor writes 64 KiB of frames at a time.
+//!   CPython's side is its `send_bytes` loop again: it has no such call.
 //! - **64 MiB**: one message parent → child, received into a buffer allocated once, and a
 //!   4-byte answer.
 
@@ -80,15 +83,19 @@ fn floor_round_trip(size: usize, reps: &Reps) -> Result<Vec<f64>, String> {
     Ok(samples)
 }
 
-/// The floor of a stream of 64-byte messages.
-fn floor_stream(reps: &Reps) -> Result<Vec<f64>, String> {
+/// The floor of a stream of 64-byte messages: `per_write` frames in each `write`.
+fn floor_stream_by(per_write: usize, reps: &Reps) -> Result<Vec<f64>, String> {
     let child = start_floor_child(SocketJob::Sink, 64 << 10)?;
-    let out = frame(STREAM_SIZE);
+    let one = frame(STREAM_SIZE);
+    let packed = one.repeat(per_write);
     let n = reps.batch(STREAM_MESSAGES.0, STREAM_MESSAGES.1);
     let mut answer = [0u8; 4];
     let samples = reps.time_per(n, || {
-        for _ in 0..n {
-            child.write_all(&out).map_err(err)?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(per_write);
+            child.write_all(&packed[..k * one.len()]).map_err(err)?;
+            left -= k;
         }
         child.write_all(&[0; 4]).map_err(err)?;
         child.read_exact(&mut answer).map_err(err)?;
@@ -99,6 +106,16 @@ fn floor_stream(reps: &Reps) -> Result<Vec<f64>, String> {
     })?;
     child.finish().map_err(err)?;
     Ok(samples)
+}
+
+/// The floor of a stream of 64-byte messages, a `write` per frame.
+fn floor_stream(reps: &Reps) -> Result<Vec<f64>, String> {
+    floor_stream_by(1, reps)
+}
+
+/// The same, packed: 64 KiB of frames a `write` (what `send_bytes_many` does, by hand).
+fn floor_stream_packed(reps: &Reps) -> Result<Vec<f64>, String> {
+    floor_stream_by((64 << 10) / (4 + STREAM_SIZE), reps)
 }
 
 /// The floor of one 64 MiB message.
@@ -135,6 +152,11 @@ static STREAM_FLOOR: Floor = Floor {
     run: floor_stream,
 };
 
+static STREAM_PACKED_FLOOR: Floor = Floor {
+    name: "socketpair: 64 KiB of frames per write, child reads 64 KiB chunks",
+    run: floor_stream_packed,
+};
+
 static BULK_FLOOR: Floor = Floor {
     name: "socketpair write, child reads into its buffer",
     run: floor_bulk,
@@ -159,6 +181,17 @@ fn case(
         fresh_process: false,
     }
 }
+
+/// CPython's side of both stream rows (the same `send_bytes` loop).
+const STREAM_ARGS: &[&str] = &[
+    "stream",
+    "--size",
+    "64",
+    "--batch",
+    "100000",
+    "--quick-batch",
+    "2000",
+];
 
 /// The rows of this workload.
 pub(crate) fn cases() -> Vec<Case> {
@@ -196,16 +229,16 @@ pub(crate) fn cases() -> Vec<Case> {
         case(
             "connection stream 64 B (per message)",
             lib::stream,
-            &[
-                "stream",
-                "--size",
-                "64",
-                "--batch",
-                "100000",
-                "--quick-batch",
-                "2000",
-            ],
+            STREAM_ARGS,
             &STREAM_FLOOR,
+        ),
+        // CPython has no way to send many messages at once: its side is the same loop of
+        // `send_bytes` as in the row above.
+        case(
+            "connection stream 64 B, send_bytes_many (per message)",
+            lib::stream_many,
+            STREAM_ARGS,
+            &STREAM_PACKED_FLOOR,
         ),
         case(
             "connection 64 MiB message",

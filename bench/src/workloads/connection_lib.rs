@@ -104,21 +104,37 @@ pub(super) fn round_trip_1k(reps: &Reps) -> Result<Vec<f64>, String> {
     round_trip(1024, reps)
 }
 
-pub(super) fn stream(reps: &Reps) -> Result<Vec<f64>, String> {
+/// A stream of `n` 64-byte messages, sent by `send` (given the connection, the message and
+/// `n`), then an empty one, which the child answers with the number it received.
+fn stream_by(
+    reps: &Reps,
+    send: fn(&mut Conn, &[u8], usize) -> Result<(), ConnectionError>,
+) -> Result<Vec<f64>, String> {
     with_child(sink, |conn| {
         let msg = message(STREAM_SIZE);
         let n = reps.batch(STREAM_MESSAGES.0, STREAM_MESSAGES.1);
         let expected = u32::try_from(n).map_err(err)?.to_be_bytes();
         reps.time_per(n, || {
-            for _ in 0..n {
-                conn.send_bytes(&msg).map_err(err)?;
-            }
+            send(conn, &msg, n).map_err(err)?;
             conn.send_bytes(&[]).map_err(err)?;
             if conn.recv_bytes().map_err(err)? != expected {
                 return Err("the child counted another number of messages".to_owned());
             }
             Ok(())
         })
+    })
+}
+
+pub(super) fn stream(reps: &Reps) -> Result<Vec<f64>, String> {
+    stream_by(reps, |conn, msg, n| {
+        (0..n).try_for_each(|_| conn.send_bytes(msg))
+    })
+}
+
+/// The stream again, every message sent by one `send_bytes_many` call.
+pub(super) fn stream_many(reps: &Reps) -> Result<Vec<f64>, String> {
+    stream_by(reps, |conn, msg, n| {
+        conn.send_bytes_many(std::iter::repeat_n(msg, n))
     })
 }
 

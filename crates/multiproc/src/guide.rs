@@ -12,7 +12,7 @@
 //! | `multiprocessing.connection.wait` | [`wait`](crate::wait()) | returns the indices of the ready objects |
 //! | `Pipe(duplex)` | [`pipe::<T>(duplex)`](crate::pipe()) | typed ends, [`Connection<T>`](crate::Connection) |
 //! | `conn.send(obj)`, `conn.recv()` | [`send`](crate::Connection::send), [`recv`](crate::Connection::recv), [`recv_timeout`](crate::Connection::recv_timeout) | default codec postcard; [`Pickle`](crate::codec::Pickle) for CPython peers |
-//! | `send_bytes`, `recv_bytes`, `recv_bytes_into` | [`send_bytes`](crate::Connection::send_bytes), [`send_bytes_range`](crate::Connection::send_bytes_range), [`recv_bytes`](crate::Connection::recv_bytes), [`recv_bytes_max`](crate::Connection::recv_bytes_max), [`recv_bytes_into`](crate::Connection::recv_bytes_into) | |
+//! | `send_bytes`, `recv_bytes`, `recv_bytes_into` | [`send_bytes`](crate::Connection::send_bytes), [`send_bytes_range`](crate::Connection::send_bytes_range), [`recv_bytes`](crate::Connection::recv_bytes), [`recv_bytes_max`](crate::Connection::recv_bytes_max), [`recv_bytes_into`](crate::Connection::recv_bytes_into) | [`send_bytes_many`](crate::Connection::send_bytes_many) and [`send_many`](crate::Connection::send_many) send many messages in few writes |
 //! | `conn.poll(t)` | [`poll`](crate::Connection::poll) | `None` waits for ever |
 //! | `Listener(address, authkey=k)` | [`Listener::builder`](crate::connection::Listener::builder) | the program's key by default |
 //! | `Client(address, authkey=k)` | [`Client::new`](crate::connection::Client::new) | the handshake has a timeout |

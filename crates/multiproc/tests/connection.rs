@@ -71,6 +71,36 @@ fn send_pattern((mut conn, len): (Connection<()>, usize)) {
     conn.send_bytes(&pattern(len)).unwrap();
 }
 
+/// Receives messages until end of file; returns how many, and a digest of their lengths and
+/// bytes in order.
+fn tally(mut conn: Connection<()>) -> (usize, u64) {
+    let mut n = 0;
+    let mut digest = Digest::default();
+    while let Ok(m) = conn.recv_bytes() {
+        digest.add(&m);
+        n += 1;
+    }
+    (n, digest.0)
+}
+
+/// FNV-1a over each message's length and bytes: the same messages in the same order, and
+/// only then, give the same digest.
+struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Digest {
+    fn add(&mut self, message: &[u8]) {
+        for b in (message.len() as u64).to_le_bytes().iter().chain(message) {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
 /// `len` bytes where byte `i` is `i % 251` (built by copying blocks: fast in debug builds too).
 fn pattern(len: usize) -> Vec<u8> {
     let block: Vec<u8> = (0..251u8).collect();
@@ -112,6 +142,83 @@ fn round_trips_with_a_child_keep_boundaries_and_empty_messages() {
         conn.close();
         assert_eq!(finish(p), messages.len() + 3, "{m}");
     });
+}
+
+/// `send_bytes_many` sends each buffer as a message of its own: small ones packed, large and
+/// empty ones among them, in order.
+#[multiproc::test]
+fn many_messages_sent_in_one_call_arrive_one_each() {
+    each_method(|ctx| {
+        let m = ctx.start_method();
+        let (mut conn, child_end) = multiproc::pipe::<()>(true).unwrap();
+        let p = start(ctx.process(tally, child_end));
+        // Sizes around every edge of the packing: empty, small, just under and over the
+        // size sent on its own, more than a whole batch, and enough small ones to fill
+        // several batches.
+        let mut messages: Vec<Vec<u8>> = (0..20_000).map(|i| pattern(i % 300)).collect();
+        for (at, len) in [
+            (5, 16 << 10),
+            (6, (16 << 10) - 1),
+            (7, 0),
+            (900, 64 << 10),
+            (901, 200 << 10),
+            (19_999, 70_000),
+        ] {
+            messages.insert(at, pattern(len));
+        }
+        let mut digest = Digest::default();
+        for msg in &messages {
+            digest.add(msg);
+        }
+        conn.send_bytes_many(&messages).unwrap();
+        // And once more through the timeout form, from an iterator of slices.
+        conn.send_bytes_many_timeout(messages.iter().map(Vec::as_slice), LONG)
+            .unwrap();
+        for msg in &messages {
+            digest.add(msg);
+        }
+        conn.send_bytes_many(std::iter::empty::<&[u8]>()).unwrap();
+        conn.close();
+        assert_eq!(finish(p), (2 * messages.len(), digest.0), "{m}");
+    });
+}
+
+/// `send_many` keeps each value's descriptors with its own message, and a value that cannot
+/// be encoded stops the call there: the values before it arrive, none after it.
+#[test]
+fn many_values_sent_in_one_call_keep_their_descriptors_and_stop_at_an_error() {
+    type Msg = (u32, Option<Connection<String>>);
+    let (mut a, mut b) = multiproc::pipe::<Msg>(true).unwrap();
+    let (mut near, far) = multiproc::pipe::<String>(true).unwrap();
+    let values: Vec<Msg> = vec![(1, None), (2, Some(far)), (3, None)];
+    a.send_many(&values).unwrap();
+    assert_eq!(b.recv_timeout(LONG).unwrap().0, 1);
+    let (two, conn) = b.recv_timeout(LONG).unwrap();
+    assert_eq!(two, 2);
+    conn.expect("the connection travelled")
+        .send(&"through".into())
+        .unwrap();
+    assert_eq!(near.recv_timeout(LONG).unwrap(), "through");
+    assert_eq!(b.recv_timeout(LONG).unwrap().0, 3);
+
+    let (_, mut closed) = multiproc::pipe::<String>(true).unwrap();
+    closed.close();
+    let values: Vec<Msg> = vec![(4, None), (5, Some(closed)), (6, None)];
+    match a.send_many_timeout(&values, LONG) {
+        Err(ConnectionError::Codec(e)) => {
+            assert!(
+                e.to_string().contains("cannot send a closed connection"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.recv_timeout(LONG).unwrap().0, 4);
+    // (A write to a Unix socket is in the peer's queue when it returns.)
+    assert!(
+        !b.poll(Some(Duration::ZERO)).unwrap(),
+        "nothing after the error"
+    );
 }
 
 #[multiproc::test]
@@ -189,6 +296,39 @@ fn the_long_header_is_cpythons_on_the_wire() {
         Err(ConnectionError::TooLarge { len, .. }) => assert_eq!(len, 0x8000_0001),
         other => panic!("{other:?}"),
     }
+}
+
+/// What `send_bytes_many` writes is byte for byte what as many `send_bytes` calls write (so
+/// a CPython peer reads it the same way).
+#[test]
+fn packed_messages_are_the_same_bytes_on_the_wire() {
+    let messages: Vec<Vec<u8>> = [0, 3, 70_000, 5, 20_000, 0, 1]
+        .into_iter()
+        .map(pattern)
+        .collect();
+    let wire = |send: &dyn Fn(&mut Connection<()>)| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut a: Connection<()> = Connection::from_socket(OwnedFd::from(a));
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut &b, &mut all).unwrap();
+            all
+        });
+        send(&mut a);
+        drop(a);
+        reader.join().unwrap()
+    };
+    let one_by_one = wire(&|c| {
+        for m in &messages {
+            c.send_bytes(m).unwrap();
+        }
+    });
+    let packed = wire(&|c| c.send_bytes_many(&messages).unwrap());
+    assert_eq!(
+        one_by_one.len(),
+        messages.iter().map(|m| 4 + m.len()).sum::<usize>()
+    );
+    assert!(one_by_one == packed, "the packed bytes differ");
 }
 
 #[test]

@@ -297,6 +297,17 @@ impl Endpoint {
             .map_err(ConnectionError::from_io)
     }
 
+    /// Sends bytes that already hold whole frames, header and payload each (see
+    /// [`Batch`](super::Batch)).
+    pub(crate) fn send_framed(
+        &self,
+        frames: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), ConnectionError> {
+        sys::send_all(self.fd(), [frames, &[], &[]], &[], deadline)
+            .map_err(ConnectionError::from_io)
+    }
+
     // -----------------------------------------------------------------------------------------
     // Receiving
 
