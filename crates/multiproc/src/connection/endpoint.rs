@@ -46,27 +46,49 @@ const TRUSTED_LEN: u64 = 256 << 20;
 /// How long a receive spins before sleeping, and how many misses in a row turn it off.
 const SPIN_FOR: Duration = Duration::from_micros(60);
 const SPIN_MISSES_OFF: u32 = 4;
-/// Receives that sleep without trying to spin once spinning is off.
+/// Receives that sleep without trying to spin once spinning is off: at first, and at most
+/// (each rest that ends in a miss doubles the next one).
 const SPIN_REST: u32 = 64;
+const SPIN_REST_MAX: u32 = 4096;
+/// A spin whose wall time exceeds its CPU time by more than this was preempted.
+const SPIN_PREEMPTED_NS: u64 = 3_000;
 
 /// The default limit on one message's length (see [`Connection::set_max_message_size`]).
 ///
 /// [`Connection::set_max_message_size`]: super::Connection::set_max_message_size
 pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 34;
 
+/// Whether a receive spins before it sleeps. It pays when the peer runs on another CPU and
+/// answers within the spin; it wastes the CPU when the peer needs the same one. That cannot
+/// be known up front (a process pinned to one CPU may well talk to a peer pinned to
+/// another), so every receive on a machine with more than one CPU may spin, and the misses
+/// decide: a few in a row turn spinning off for a rest, after which one spin probes again,
+/// and each probe that misses doubles the rest. A hit starts over.
+///
+/// A process pinned to one CPU also counts as a miss a spin that got its answer only after
+/// being preempted (its wall time well over its CPU time): the peer then ran on this CPU,
+/// in the spin's stead.
 #[derive(Debug)]
 struct Spin {
     enabled: bool,
+    /// This process may run on one CPU only (checked once, when the endpoint is made).
+    pinned: bool,
     misses: u32,
     rest: u32,
+    next_rest: u32,
 }
 
 impl Spin {
     fn new() -> Self {
+        let pinned = sys::cpus_allowed() == 1;
         Self {
-            enabled: sys::cpus_allowed() > 1,
-            misses: 0,
+            enabled: sys::machine_cpus() > 1,
+            pinned,
+            // A pinned process starts as a probe: one miss turns it off (its peer may well
+            // share its CPU).
+            misses: if pinned { SPIN_MISSES_OFF - 1 } else { 0 },
             rest: 0,
+            next_rest: SPIN_REST,
         }
     }
 
@@ -83,13 +105,16 @@ impl Spin {
 
     fn hit(&mut self) {
         self.misses = 0;
+        self.next_rest = SPIN_REST;
     }
 
     fn miss(&mut self) {
         self.misses += 1;
         if self.misses >= SPIN_MISSES_OFF {
-            self.misses = 0;
-            self.rest = SPIN_REST;
+            self.rest = self.next_rest;
+            self.next_rest = (self.next_rest * 2).min(SPIN_REST_MAX);
+            // After the rest, one spin probes: a miss rests again at once.
+            self.misses = SPIN_MISSES_OFF - 1;
         }
     }
 }
@@ -542,17 +567,37 @@ impl Endpoint {
         let room = &mut self.buf[self.end..];
         if self.spin.should_spin() {
             // Never past the caller's deadline (a zero timeout does not spin).
-            let until = deadline.map_or(Instant::now() + SPIN_FOR, |d| {
-                d.min(Instant::now() + SPIN_FOR)
-            });
+            let start = Instant::now();
+            let until = deadline.map_or(start + SPIN_FOR, |d| d.min(start + SPIN_FOR));
+            // An answer there at the first try says nothing about spinning; after that, one
+            // that comes is a hit, unless (pinned) the spin was preempted for it.
+            let mut spun = false;
+            let mut cpu_start = 0;
             loop {
                 match sys::recv_some(sock, room, fds, false) {
                     Ok(n) => {
-                        self.spin.hit();
+                        if spun {
+                            let preempted = self.spin.pinned && {
+                                let wall = start.elapsed().as_nanos() as u64;
+                                let cpu = sys::thread_cpu_ns().saturating_sub(cpu_start);
+                                wall.saturating_sub(cpu) > SPIN_PREEMPTED_NS
+                            };
+                            if preempted {
+                                self.spin.miss();
+                            } else {
+                                self.spin.hit();
+                            }
+                        }
                         return Ok(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
+                }
+                if !spun {
+                    spun = true;
+                    if self.spin.pinned {
+                        cpu_start = sys::thread_cpu_ns();
+                    }
                 }
                 if Instant::now() >= until {
                     break;
@@ -595,4 +640,64 @@ fn read_by(
 fn fits_in(len: u64, size: usize, room: usize) -> bool {
     room.checked_sub(size)
         .is_some_and(|left| len <= left as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin(pinned: bool) -> Spin {
+        Spin {
+            enabled: true,
+            pinned,
+            misses: if pinned { SPIN_MISSES_OFF - 1 } else { 0 },
+            rest: 0,
+            next_rest: SPIN_REST,
+        }
+    }
+
+    /// Receives until the next spin; how many slept without trying.
+    fn rested(s: &mut Spin) -> u32 {
+        let mut n = 0;
+        while !s.should_spin() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn misses_rest_longer_each_time_and_a_hit_starts_over() {
+        let mut s = spin(false);
+        for _ in 0..SPIN_MISSES_OFF - 1 {
+            assert!(s.should_spin());
+            s.miss();
+        }
+        assert!(s.should_spin());
+        s.miss();
+        assert_eq!(rested(&mut s), SPIN_REST);
+        // After a rest, one miss (the probe) rests again, twice as long, up to the most.
+        let mut expected = SPIN_REST;
+        for _ in 0..10 {
+            s.miss();
+            expected = (expected * 2).min(SPIN_REST_MAX);
+            assert_eq!(rested(&mut s), expected);
+        }
+        assert_eq!(expected, SPIN_REST_MAX);
+        // A hit: spinning is on again, and it takes as many misses as at first to stop.
+        s.hit();
+        for _ in 0..SPIN_MISSES_OFF - 1 {
+            s.miss();
+            assert_eq!(rested(&mut s), 0);
+        }
+        s.miss();
+        assert_eq!(rested(&mut s), SPIN_REST);
+    }
+
+    #[test]
+    fn a_pinned_process_stops_at_its_first_miss() {
+        let mut s = spin(true);
+        assert!(s.should_spin());
+        s.miss();
+        assert_eq!(rested(&mut s), SPIN_REST);
+    }
 }

@@ -44,6 +44,14 @@ pub(crate) fn monotonic_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
+/// The CPU time this thread has used, in nanoseconds (a system call: only for rare checks).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// This process's pid.
 pub(crate) fn getpid() -> Pid {
     rustix::process::getpid()

@@ -208,6 +208,37 @@ pub(crate) fn cpus_allowed() -> usize {
     rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count() as usize)
 }
 
+/// How many CPUs the machine has online (whatever this process's affinity), read once from
+/// `/sys/devices/system/cpu/online`; this process's own count if that cannot be read.
+pub(crate) fn machine_cpus() -> usize {
+    static ANSWER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|list| count_cpu_list(list.trim()))
+            .unwrap_or_else(cpus_allowed)
+    })
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,5,8-9`.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0usize, |n, part| {
+        let count = match part.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<usize>()
+                    .ok()?
+                    .checked_sub(a.parse::<usize>().ok()?)?
+                    + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+        Some(n + count)
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Listening and connecting
 
@@ -355,5 +386,21 @@ pub(crate) fn connect(addr: &Address, deadline: Instant) -> io::Result<OwnedFd> 
 pub(crate) fn tune_connected(sock: BorrowedFd<'_>, addr: &Address) {
     if let Address::Tcp(_) = addr {
         let _ = rustix::net::sockopt::set_tcp_nodelay(sock, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted_as_the_kernel_writes_them() {
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-1"), Some(2));
+        assert_eq!(count_cpu_list("0-3,5,8-9"), Some(7));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+        assert!(machine_cpus() >= cpus_allowed());
     }
 }
