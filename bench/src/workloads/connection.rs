@@ -24,9 +24,10 @@
 //! - **stream**: 64-byte messages parent → child, then an empty one, which the child
 //!   answers with the number it received. The floor writes each frame with one `write`, and
 //!   the child reads in 64 KiB chunks (the raw socket's best rate).
-//! - **stream, send_bytes_many**: the same stream, sent by one `send_bytes_many` call, which
-//!   packs 64 KiB of frames into each write; the floor writes 64 KiB of frames at a time.
-//!   CPython's side is its `send_bytes` loop again: it has no such call.
+//! - **stream, send/recv_bytes_many**: the same stream, sent by one `send_bytes_many` call,
+//!   which packs 64 KiB of frames into each write, and received with `recv_bytes_many`,
+//!   which hands over every whole message read without a copy; the floor writes 64 KiB of
+//!   frames at a time. CPython's side is its `send_bytes` loop again: it has no such calls.
 //! - **64 MiB**: one message parent → child, received into a buffer allocated once, and a
 //!   4-byte answer.
 
@@ -235,7 +236,7 @@ pub(crate) fn cases() -> Vec<Case> {
         // CPython has no way to send many messages at once: its side is the same loop of
         // `send_bytes` as in the row above.
         case(
-            "connection stream 64 B, send_bytes_many (per message)",
+            "connection stream 64 B, send/recv_bytes_many (per message)",
             lib::stream_many,
             STREAM_ARGS,
             &STREAM_PACKED_FLOOR,

@@ -45,6 +45,32 @@ fn sink(mut conn: Conn) {
     }
 }
 
+/// The child of a packed stream: the same as [`sink`], receiving with `recv_bytes_many`.
+fn sink_many(mut conn: Conn) {
+    let mut count: u32 = 0;
+    let mut answers = Vec::new();
+    loop {
+        let got = conn.recv_bytes_many(usize::MAX, |m| {
+            if m.is_empty() {
+                answers.push(count);
+                count = 0;
+            } else {
+                count += 1;
+            }
+        });
+        match got {
+            Ok(_) => {
+                for n in answers.drain(..) {
+                    conn.send_bytes(&n.to_be_bytes())
+                        .expect("sink_many: send_bytes");
+                }
+            }
+            Err(ConnectionError::Eof) => return,
+            Err(e) => panic!("sink_many: recv_bytes_many: {e}"),
+        }
+    }
+}
+
 /// The child of the large message: receives into a buffer allocated once, answers with the
 /// length.
 fn bulk(mut conn: Conn) {
@@ -108,9 +134,10 @@ pub(super) fn round_trip_1k(reps: &Reps) -> Result<Vec<f64>, String> {
 /// `n`), then an empty one, which the child answers with the number it received.
 fn stream_by(
     reps: &Reps,
+    child: fn(Conn),
     send: fn(&mut Conn, &[u8], usize) -> Result<(), ConnectionError>,
 ) -> Result<Vec<f64>, String> {
-    with_child(sink, |conn| {
+    with_child(child, |conn| {
         let msg = message(STREAM_SIZE);
         let n = reps.batch(STREAM_MESSAGES.0, STREAM_MESSAGES.1);
         let expected = u32::try_from(n).map_err(err)?.to_be_bytes();
@@ -126,14 +153,15 @@ fn stream_by(
 }
 
 pub(super) fn stream(reps: &Reps) -> Result<Vec<f64>, String> {
-    stream_by(reps, |conn, msg, n| {
+    stream_by(reps, sink, |conn, msg, n| {
         (0..n).try_for_each(|_| conn.send_bytes(msg))
     })
 }
 
-/// The stream again, every message sent by one `send_bytes_many` call.
+/// The stream again, every message sent by one `send_bytes_many` call and received by
+/// `recv_bytes_many`.
 pub(super) fn stream_many(reps: &Reps) -> Result<Vec<f64>, String> {
-    stream_by(reps, |conn, msg, n| {
+    stream_by(reps, sink_many, |conn, msg, n| {
         conn.send_bytes_many(std::iter::repeat_n(msg, n))
     })
 }

@@ -71,14 +71,20 @@ fn send_pattern((mut conn, len): (Connection<()>, usize)) {
     conn.send_bytes(&pattern(len)).unwrap();
 }
 
-/// Receives messages until end of file; returns how many, and a digest of their lengths and
-/// bytes in order.
-fn tally(mut conn: Connection<()>) -> (usize, u64) {
+/// Receives messages until end of file, one `recv_bytes` at a time or (`batched`) with
+/// `recv_bytes_many`; returns how many, and a digest of their lengths and bytes in order.
+fn tally((mut conn, batched): (Connection<()>, bool)) -> (usize, u64) {
     let mut n = 0;
     let mut digest = Digest::default();
-    while let Ok(m) = conn.recv_bytes() {
-        digest.add(&m);
-        n += 1;
+    if batched {
+        while let Ok(k) = conn.recv_bytes_many(usize::MAX, |m| digest.add(m)) {
+            n += k;
+        }
+    } else {
+        while let Ok(m) = conn.recv_bytes() {
+            digest.add(&m);
+            n += 1;
+        }
     }
     (n, digest.0)
 }
@@ -145,13 +151,16 @@ fn round_trips_with_a_child_keep_boundaries_and_empty_messages() {
 }
 
 /// `send_bytes_many` sends each buffer as a message of its own: small ones packed, large and
-/// empty ones among them, in order.
+/// empty ones among them, in order; `recv_bytes_many` receives the same messages as
+/// `recv_bytes` does.
 #[multiproc::test]
 fn many_messages_sent_in_one_call_arrive_one_each() {
-    each_method(|ctx| {
-        let m = ctx.start_method();
+    // Every start method, with each receiver.
+    for (method, batched) in METHODS.iter().flat_map(|m| [(*m, false), (*m, true)]) {
+        let ctx = get_context(method).unwrap();
+        let m = format!("{method}, batched: {batched}");
         let (mut conn, child_end) = multiproc::pipe::<()>(true).unwrap();
-        let p = start(ctx.process(tally, child_end));
+        let p = start(ctx.process(tally, (child_end, batched)));
         // Sizes around every edge of the packing: empty, small, just under and over the
         // size sent on its own, more than a whole batch, and enough small ones to fill
         // several batches.
@@ -180,7 +189,43 @@ fn many_messages_sent_in_one_call_arrive_one_each() {
         conn.send_bytes_many(std::iter::empty::<&[u8]>()).unwrap();
         conn.close();
         assert_eq!(finish(p), (2 * messages.len(), digest.0), "{m}");
-    });
+    }
+}
+
+/// `recv_bytes_many` hands over only whole messages within the limit: one still arriving, or
+/// over the limit, ends the batch and is the next receive's.
+#[test]
+fn receiving_many_stops_at_a_partial_or_refused_message() {
+    let (mut w, r) = UnixStream::pair().unwrap();
+    let mut r: Connection<()> = Connection::from_socket(OwnedFd::from(r));
+    let frame = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    // One whole message and half of the next.
+    let (one, two) = (frame(b"one"), frame(b"two!"));
+    w.write_all(&one).unwrap();
+    w.write_all(&two[..5]).unwrap();
+    assert_eq!(r.recv_bytes_many(10, |m| got.push(m.to_vec())).unwrap(), 1);
+    w.write_all(&two[5..]).unwrap();
+    assert_eq!(r.recv_bytes_many(10, |m| got.push(m.to_vec())).unwrap(), 1);
+    assert_eq!(got, [b"one".to_vec(), b"two!".to_vec()]);
+    // A message over the limit between two others: the batch ends before it.
+    r.set_max_message_size(10);
+    for payload in [&b"ok"[..], &[0; 11], b"after"] {
+        w.write_all(&frame(payload)).unwrap();
+    }
+    assert_eq!(r.recv_bytes_many(10, |m| got.push(m.to_vec())).unwrap(), 1);
+    assert!(matches!(
+        r.recv_bytes_many(10, |_| {}),
+        Err(ConnectionError::TooLarge { len: 11, .. })
+    ));
+    assert!(matches!(
+        r.recv_bytes_many(0, |_| {}),
+        Err(ConnectionError::InvalidArgument(_))
+    ));
 }
 
 /// `send_many` keeps each value's descriptors with its own message, and a value that cannot

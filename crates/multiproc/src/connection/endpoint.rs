@@ -372,6 +372,37 @@ impl Endpoint {
         self.finish_partial(deadline)
     }
 
+    /// Receives the next message (waiting for it as [`recv`](Self::recv) does), then every
+    /// further whole message already read, up to `max` in all, handing each payload to `f`
+    /// in place. Returns how many. A message that is not whole yet, is too long or has a bad
+    /// header ends the batch and is left for the next receive. Descriptors that came with
+    /// the messages are closed.
+    pub(crate) fn recv_many(
+        &mut self,
+        deadline: Option<Instant>,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, ConnectionError> {
+        f(self.recv(deadline, None)?.payload.as_slice());
+        let mut n = 1;
+        while n < max {
+            let Ok(Header::Complete { size, len }) =
+                framing::parse_header(&self.buf[self.start..self.end])
+            else {
+                break;
+            };
+            if len > self.max_message || !fits_in(len, size, self.end - self.start) {
+                break;
+            }
+            let total = size + len as usize;
+            drop(self.consume(total));
+            let from = self.start - total + size;
+            f(&self.buf[from..from + len as usize]);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Receives the next message into `out` if it fits (returning its length), or whole
     /// (returning it, for the caller's "buffer too short" error). Blocks until it is here.
     pub(crate) fn recv_into(

@@ -550,6 +550,88 @@ impl<T, C: Codec> Connection<T, C> {
         r
     }
 
+    /// Receives the messages that are here, at least one, without copying them: waits for
+    /// the next message, then hands it and every further whole message already read (up to
+    /// `max` in all) to `f`, each as a slice of the connection's read buffer. Returns how
+    /// many. The receiving half of [`send_bytes_many`](Self::send_bytes_many), for streams
+    /// of small messages; it reads the same messages as that many
+    /// [`recv_bytes`](Self::recv_bytes) calls would (descriptors that came with them are
+    /// closed).
+    ///
+    /// # Errors
+    ///
+    /// 'max must be at least 1', and those of [`recv_bytes`](Self::recv_bytes) for the first
+    /// message (an error in a later one is left for the next receive).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc::pipe::<()>(true)?;
+    /// a.send_bytes_many(["one", "two", "three"])?;
+    /// let mut got = Vec::new();
+    /// while got.len() < 3 {
+    ///     b.recv_bytes_many(usize::MAX, |m| got.push(String::from_utf8_lossy(m).into_owned()))?;
+    /// }
+    /// assert_eq!(got, ["one", "two", "three"]);
+    /// # Ok::<(), multiproc::connection::ConnectionError>(())
+    /// ```
+    pub fn recv_bytes_many(
+        &mut self,
+        max: usize,
+        f: impl FnMut(&[u8]),
+    ) -> Result<usize, ConnectionError> {
+        self.recv_bytes_many_by(max, None, f)
+    }
+
+    /// [`recv_bytes_many`](Self::recv_bytes_many), waiting at most `timeout` for the first
+    /// message.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Timeout`], and those of [`recv_bytes_many`](Self::recv_bytes_many).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::connection::ConnectionError;
+    ///
+    /// let (mut a, mut b) = multiproc::pipe::<()>(true)?;
+    /// let mut sizes = Vec::new();
+    /// let r = b.recv_bytes_many_timeout(10, Duration::from_millis(10), |m| sizes.push(m.len()));
+    /// assert!(matches!(r, Err(ConnectionError::Timeout)));
+    /// a.send_bytes_many([&[1u8; 5][..], &[], &[2; 3]])?;
+    /// // At most two this time, the third at the next call.
+    /// assert_eq!(b.recv_bytes_many_timeout(2, Duration::from_secs(5), |m| sizes.push(m.len()))?, 2);
+    /// assert_eq!(b.recv_bytes_many_timeout(2, Duration::from_secs(5), |m| sizes.push(m.len()))?, 1);
+    /// assert_eq!(sizes, [5, 0, 3]);
+    /// # Ok::<(), ConnectionError>(())
+    /// ```
+    pub fn recv_bytes_many_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> Result<usize, ConnectionError> {
+        self.recv_bytes_many_by(max, Some(Instant::now() + timeout), f)
+    }
+
+    fn recv_bytes_many_by(
+        &mut self,
+        max: usize,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, ConnectionError> {
+        if max == 0 {
+            return Err(ConnectionError::InvalidArgument("max must be at least 1"));
+        }
+        let r = self.reading()?.recv_many(deadline, max, &mut f);
+        if let Err(e) = &r {
+            self.after_read_error(e);
+        }
+        r
+    }
+
     /// Receives one message into `buf` from `offset` on and returns its length.
     ///
     /// # Errors
