@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, Codec};
+use crate::shm::segment::Transit;
 use crate::sys;
 
 /// What a runner returns: the encoded result of the target, or why it could not run.
@@ -317,7 +318,7 @@ pub(crate) struct TaskRunOk {
     /// The descriptors the results hold.
     pub(crate) fds: Vec<OwnedFd>,
     /// The shared objects the results name (in transit until the pool decodes them).
-    pub(crate) by_name: Vec<String>,
+    pub(crate) by_name: Vec<Transit>,
     /// Some item panicked.
     pub(crate) panicked: bool,
 }

@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::thread::LocalKey;
 
+use crate::shm::segment::Transit;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most descriptors one message may carry (Linux's `SCM_MAX_FD`).
@@ -29,8 +30,8 @@ pub(crate) const MAX_PER_MESSAGE: usize = 253;
 struct Outgoing {
     fds: Vec<OwnedFd>,
     segments_by_name: bool,
-    /// Names of tracked segments encoded without their descriptor (each counted in transit).
-    sent_by_name: Vec<String>,
+    /// Tracked segments encoded without their descriptor (each counted in transit).
+    sent_by_name: Vec<Transit>,
 }
 
 thread_local! {
@@ -51,7 +52,7 @@ pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// that is then thrown away can take their transits back.
 pub(crate) fn encoding_segments_by_name<R>(
     f: impl FnOnce() -> R,
-) -> (R, Vec<OwnedFd>, Vec<String>) {
+) -> (R, Vec<OwnedFd>, Vec<Transit>) {
     let (r, scope) = outgoing(true, f);
     (r, scope.fds, scope.sent_by_name)
 }
@@ -71,12 +72,12 @@ fn outgoing<R>(segments_by_name: bool, f: impl FnOnce() -> R) -> (R, Outgoing) {
     (r, scope)
 }
 
-/// Records that a tracked segment named `name` was just encoded by name (in transit), if an
-/// outgoing scope is open.
-pub(crate) fn note_sent_by_name(name: &str) {
+/// Records that a tracked segment was just encoded by name (in transit), if an outgoing
+/// scope is open.
+pub(crate) fn note_sent_by_name(transit: Transit) {
     OUTGOING.with(|o| {
         if let Some(s) = o.borrow_mut().as_mut() {
-            s.sent_by_name.push(name.to_owned());
+            s.sent_by_name.push(transit);
         }
     });
 }

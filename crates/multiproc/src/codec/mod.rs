@@ -72,8 +72,7 @@ impl Codec for Postcard {
 
     fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let taken = std::mem::take(out);
-        forget_custom();
-        *out = postcard::to_extend(value, taken).map_err(|e| postcard_error(ENCODE, e))?;
+        *out = own_custom(ENCODE, || postcard::to_extend(value, taken))?;
         Ok(())
     }
 
@@ -133,8 +132,7 @@ const DECODE: &str = "cannot decode value";
 
 /// Encodes a value.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    forget_custom();
-    postcard::to_stdvec(value).map_err(|e| postcard_error(ENCODE, e))
+    own_custom(ENCODE, || postcard::to_stdvec(value))
 }
 
 /// Decodes a value; trailing bytes are an error.
@@ -148,8 +146,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
 
 /// Decodes a value from the front of `bytes`; returns it and the bytes after it.
 pub(crate) fn take_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    forget_custom();
-    postcard::take_from_bytes(bytes).map_err(|e| postcard_error(DECODE, e))
+    own_custom(DECODE, || postcard::take_from_bytes(bytes))
 }
 
 // Postcard drops the text of a custom serde error (`Error::custom(msg)` becomes a bare
@@ -162,8 +159,21 @@ thread_local! {
 
 // (`try_with`: a value may be encoded or decoded from an exit handler, after this thread's
 // locals are gone; the text is then simply not kept.)
-fn forget_custom() {
-    let _ = CUSTOM.try_with(|c| c.borrow_mut().take());
+fn take_custom() -> Option<String> {
+    CUSTOM.try_with(|c| c.borrow_mut().take()).ok().flatten()
+}
+
+/// Runs one postcard operation with a text slot of its own: an operation nested in another
+/// (a segment dropped while a failed decoding unwinds encodes a message to the tracker)
+/// neither clears nor takes the outer one's text.
+fn own_custom<T>(
+    context: &'static str,
+    op: impl FnOnce() -> Result<T, postcard::Error>,
+) -> Result<T, CodecError> {
+    let outer = take_custom();
+    let r = op().map_err(|e| postcard_error(context, e));
+    let _ = CUSTOM.try_with(|c| *c.borrow_mut() = outer);
+    r
 }
 
 fn keep_custom(text: &str) {
@@ -172,7 +182,7 @@ fn keep_custom(text: &str) {
 
 /// A postcard error, with the text of the custom error behind it if one was kept.
 fn postcard_error(context: &'static str, e: postcard::Error) -> CodecError {
-    let kept = CUSTOM.try_with(|c| c.borrow_mut().take()).ok().flatten();
+    let kept = take_custom();
     match (e, kept) {
         (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(text)) => {
             CodecError::new(context, text)
@@ -215,6 +225,33 @@ mod tests {
             u8::deserialize(d)?;
             Err(de_error("shared memory \"x\" is gone"))
         }
+    }
+
+    /// Encodes something when dropped, as a shared object does (it tells the tracker).
+    #[derive(Debug)]
+    struct EncodesOnDrop;
+
+    impl<'de> Deserialize<'de> for EncodesOnDrop {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u8::deserialize(d)?;
+            Ok(Self)
+        }
+    }
+
+    impl Drop for EncodesOnDrop {
+        fn drop(&mut self) {
+            assert!(encode(&7u8).is_ok());
+            assert!(decode::<u8>(&[7, 0]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_value_dropped_on_the_error_path_keeps_the_errors_text() {
+        let e = decode::<(EncodesOnDrop, Refuses)>(&[1, 2]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot decode value: shared memory \"x\" is gone"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::error::{ChildError, ProcessError};
 use crate::process::Process;
 use crate::queue::Queue;
 use crate::queue::ring::{PutFail, TakeFail};
-use crate::shm::segment::Segment;
+use crate::shm::segment::{Segment, Transit};
 use crate::sys;
 
 use super::wire::{self, ResultHeader, TaskHeader};
@@ -119,7 +119,7 @@ pub(crate) struct Raw {
     pub(crate) all_returned: bool,
     /// Shared objects the results name, in transit until decoded: a result thrown away
     /// undecoded takes their transits back (when dropped), so their memory is not kept.
-    pub(crate) by_name: Vec<String>,
+    pub(crate) by_name: Vec<Transit>,
 }
 
 impl Drop for Raw {
@@ -157,7 +157,7 @@ struct Task {
     record: Vec<u8>,
     fds: Vec<OwnedFd>,
     /// Shared objects its arguments name (taken back if it is never sent).
-    by_name: Vec<String>,
+    by_name: Vec<Transit>,
     /// The worker whose queue holds it.
     worker: Option<u32>,
     /// How many items it holds.
@@ -1652,7 +1652,7 @@ impl BatchView<'_> {
 }
 
 /// Splits a result body into its entries and the names of the shared objects they hold.
-fn split_names(body: &[u8], names_len: u64) -> (&[u8], Vec<String>) {
+fn split_names(body: &[u8], names_len: u64) -> (&[u8], Vec<Transit>) {
     let n = usize::try_from(names_len).unwrap_or(usize::MAX);
     if n == 0 || n > body.len() {
         return (body, Vec::new());

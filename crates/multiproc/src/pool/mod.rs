@@ -41,7 +41,7 @@ use crate::codec::{self, Codec, CodecError, Postcard};
 use crate::context::Context;
 use crate::error::{ChildError, ProcessError};
 use crate::queue::QueueError;
-use crate::shm::segment::Segment;
+use crate::shm::segment::{Segment, Transit};
 
 use engine::{Engine, Factory, TaskOpts, WorkerQueues};
 use worker::{WorkerBoot, worker_main};
@@ -710,7 +710,7 @@ pub(crate) struct Encoded {
     /// The descriptors they hold.
     pub(crate) fds: Vec<std::os::fd::OwnedFd>,
     /// The shared objects they name (in transit until a worker decodes them).
-    pub(crate) by_name: Vec<String>,
+    pub(crate) by_name: Vec<Transit>,
     /// How many items.
     pub(crate) count: u32,
 }

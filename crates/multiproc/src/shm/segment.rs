@@ -309,6 +309,27 @@ struct Wire<N, F> {
     tracking: Tracking,
     /// The descriptor's index in the message, when it rides along.
     fd: Option<F>,
+    /// This encoding's transit (see [`Transit`]).
+    transit: u64,
+}
+
+/// One encoding of a tracked segment in transit: its name, and an id that tells it from every
+/// other encoding of the name, so that the tracker matches each `Received` with its own
+/// `InTransit` whatever order it reads them in (one process may forward a name before the
+/// tracker has read that it received it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Transit {
+    pub(crate) name: String,
+    pub(crate) id: u64,
+}
+
+/// A new transit id: this process's pid above a counter, so no two processes of a program
+/// (a fork child included, whose counter starts where its parent's was) make the same one.
+fn next_transit_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1);
+    (u64::from(sys::getpid().as_raw_nonzero().get() as u32) << 40) | n
 }
 
 /// The segment's descriptor, encoded into the outgoing scope (which duplicates it).
@@ -335,9 +356,14 @@ impl Serialize for Segment {
         // Counted in transit either way: with its descriptor the memory arrives whatever
         // happens, but its *name* must also outlive this handle until the receiver holds it
         // (it may attach by name, or pass the name on to CPython).
-        self.send_in_transit().map_err(crate::codec::ser_error)?;
+        let transit = next_transit_id();
+        self.send_in_transit(transit)
+            .map_err(crate::codec::ser_error)?;
         if self.tracked && fd.is_none() {
-            fds::note_sent_by_name(&self.name);
+            fds::note_sent_by_name(Transit {
+                name: self.name.clone(),
+                id: transit,
+            });
         }
         Wire {
             name: self.name.as_str(),
@@ -347,6 +373,7 @@ impl Serialize for Segment {
                 Tracking::Untracked
             },
             fd,
+            transit,
         }
         .serialize(s)
     }
@@ -364,11 +391,14 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
             let seg =
                 Segment::map_fd(w.name.clone(), fd, tracked).map_err(crate::codec::de_error)?;
             if tracked {
-                tracker::send_quietly(&Msg::Received(w.name));
+                tracker::send_quietly(&Msg::Received(w.name, w.transit));
             }
             seg
         }
-        None => return Segment::open_received(w.name, tracked).map_err(crate::codec::de_error),
+        None => {
+            return Segment::open_received(w.name, w.transit, tracked)
+                .map_err(crate::codec::de_error);
+        }
     };
     Ok(Arc::new(seg))
 }
@@ -376,9 +406,9 @@ pub(crate) fn deserialize_segment<'de, D: Deserializer<'de>>(
 impl Segment {
     /// Tells the tracker that the name is going somewhere without this handle (see the
     /// module docs): it stays until a receiver's [`open_received`](Self::open_received).
-    pub(crate) fn send_in_transit(&self) -> Result<(), ShmError> {
+    pub(crate) fn send_in_transit(&self, id: u64) -> Result<(), ShmError> {
         if self.tracked {
-            tracker::send(&Msg::InTransit(self.name.clone())).map_err(ShmError::Tracker)?;
+            tracker::send(&Msg::InTransit(self.name.clone(), id)).map_err(ShmError::Tracker)?;
         }
         Ok(())
     }
@@ -395,29 +425,33 @@ impl Segment {
 
     /// Takes back the transits of encodings that were never sent (a queue put that failed),
     /// so their segments do not outlive every handle.
-    pub(crate) fn take_back_transits(names: &[String]) {
-        for name in names {
+    pub(crate) fn take_back_transits(transits: &[Transit]) {
+        for t in transits {
             // A transit turned into this process's hold, then let go.
-            tracker::send_quietly(&Msg::Received(name.clone()));
-            tracker::send_quietly(&Msg::Detached(name.clone()));
+            tracker::send_quietly(&Msg::Received(t.name.clone(), t.id));
+            tracker::send_quietly(&Msg::Detached(t.name.clone()));
         }
     }
 
     /// Counts the named segments in transit once more: an encoding sent again (a pool task
     /// retried) names them again.
-    pub(crate) fn add_transits(names: &[String]) {
-        for name in names {
-            tracker::send_quietly(&Msg::InTransit(name.clone()));
+    pub(crate) fn add_transits(transits: &[Transit]) {
+        for t in transits {
+            tracker::send_quietly(&Msg::InTransit(t.name.clone(), t.id));
         }
     }
 
-    /// Opens a name that came without its descriptor, taking over one transit.
-    pub(crate) fn open_received(name: String, tracked: bool) -> Result<Arc<Self>, ShmError> {
+    /// Opens a name that came without its descriptor, taking over its transit `id`.
+    pub(crate) fn open_received(
+        name: String,
+        id: u64,
+        tracked: bool,
+    ) -> Result<Arc<Self>, ShmError> {
         let fd = sys::shm_open(&name)
             .map_err(|e| ShmError::Io(io_context(e, &format!("shared memory {name:?} is gone"))))?;
         let seg = Segment::map_fd(name.clone(), fd, tracked)?;
         if tracked {
-            tracker::send_quietly(&Msg::Received(name));
+            tracker::send_quietly(&Msg::Received(name, id));
         }
         Ok(Arc::new(seg))
     }

@@ -10,9 +10,9 @@
 //! process tree finds the same one). Messages are channel frames of one postcard [`Msg`] each,
 //! one way only: nothing waits for an answer on the hot path.
 //!
-//! The tracker keeps, per name, the number of attachments per connection and a count of
-//! *transits* (encodings sent where no descriptor could ride along; each is taken back by the
-//! `Received` of whoever decodes it). A name is unlinked when it was `Created` by the program
+//! The tracker keeps, per name, the number of attachments per connection and the open
+//! *transits* (encodings sent, each with an id; each is taken back by the `Received` of
+//! whoever decodes it). A name is unlinked when it was `Created` by the program
 //! and its total drops to zero, or when the last connection closes. Names the program did
 //! not create (a CPython segment attached by name) are counted but never unlinked, which is
 //! why attaching never destroys a segment at the attacher's exit (CPython gh-82300).
@@ -21,8 +21,11 @@
 //! its `InTransit` before the bytes that carry the name leave, and its own `Detached` after
 //! it. Messages on different connections are read in no set order, so a receiver's
 //! `Received`, and even its `Detached` or its death, may be read before the sender's
-//! `InTransit`: the transit is then below zero for a while and counts as none, and the
-//! sender's attachment holds the name until its `InTransit` is read.
+//! `InTransit`. Each encoding carries a transit id, and transits are counted per id: an id
+//! whose `Received` came first is below zero for a while and counts as none, and the
+//! sender's attachment holds the name until its `InTransit` is read. (Counted per name, one
+//! receiver's early `Received` could cancel the transit of another encoding: a forwarder's,
+//! whose own `Received` the tracker had not read yet.)
 //!
 //! The tracker exits when its last connection closes, after unlinking what is left; a later
 //! user starts a new one. Accepting a connection is confirmed with one byte, so a client that
@@ -57,11 +60,10 @@ pub(crate) enum Msg {
     Attached(String),
     /// The sender maps `name` once less.
     Detached(String),
-    /// An encoding of `name` left without its descriptor.
-    InTransit(String),
-    /// The sender decoded an encoding of `name` that had no descriptor: one transit becomes
-    /// an attachment of the sender's.
-    Received(String),
+    /// An encoding of `name` left (transit id second; see `segment::Transit`).
+    InTransit(String, u64),
+    /// The sender decoded that encoding: the transit becomes an attachment of the sender's.
+    Received(String, u64),
     /// The program unlinked `name` itself: stop tracking it.
     Unlinked(String),
     /// `part` (the first name) belongs to the object `owner` (the second): it stays while
@@ -314,9 +316,10 @@ struct Entry {
     /// creator holds takes back only its own); above zero, the name is the program's to
     /// unlink.
     created: i64,
-    /// Encodings sent without a descriptor and not yet received (may dip below zero for a
-    /// moment when a `Received` is read before its `InTransit`: see [`Tracker::total`]).
-    transit: i64,
+    /// Encodings in transit, by transit id: +1 for its `InTransit`, -1 for its `Received`
+    /// (so -1 for a moment when the `Received` is read first: see [`Tracker::total`]); an id
+    /// at 0 is removed.
+    transits: HashMap<u64, i64>,
     /// The object this name is part of (see [`Msg::PartOf`]).
     owner: Option<String>,
 }
@@ -338,14 +341,30 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// What holds `name`: every attachment, and the encodings in transit. A transit below
-    /// zero counts as none: a receiver's `Received` was read before the sender's `InTransit`
-    /// (they come on different connections), and that receiver may already have let go or
-    /// died; the sender, which holds the name until its `InTransit` is read (its own
-    /// `Detached` comes after it, on the same connection), must not be outvoted by it.
+    /// What holds `name`: every attachment, and every encoding in transit. A transit whose
+    /// `Received` was read before its `InTransit` (they come on different connections)
+    /// counts as none: its receiver may already have let go or died, and the sender, which
+    /// holds the name until its `InTransit` is read (its own `Detached` comes after it, on
+    /// the same connection), must not be outvoted by it. Counting per transit id keeps one
+    /// early `Received` from cancelling another encoding's transit (a process that forwards
+    /// a name it received, before the tracker has read its own `Received`).
     fn total(&self, name: &str) -> i64 {
         let attached: i64 = self.conns.iter().filter_map(|c| c.refs.get(name)).sum();
-        attached + self.names.get(name).map_or(0, |e| e.transit.max(0))
+        let in_transit = self
+            .names
+            .get(name)
+            .map_or(0, |e| e.transits.values().map(|&n| n.max(0)).sum());
+        attached + in_transit
+    }
+
+    /// Adds `delta` to transit `id` of `name`.
+    fn count_transit(&mut self, name: &str, id: u64, delta: i64) {
+        let e = self.names.entry(name.to_owned()).or_default();
+        let n = e.transits.entry(id).or_default();
+        *n += delta;
+        if *n == 0 {
+            e.transits.remove(&id);
+        }
     }
 
     fn apply(&mut self, conn: usize, msg: Msg) {
@@ -369,9 +388,9 @@ impl Tracker {
                 self.attach(conn, name.clone(), -1);
                 self.settle(&name);
             }
-            Msg::InTransit(name) => self.names.entry(name).or_default().transit += 1,
-            Msg::Received(name) => {
-                self.names.entry(name.clone()).or_default().transit -= 1;
+            Msg::InTransit(name, id) => self.count_transit(&name, id, 1),
+            Msg::Received(name, id) => {
+                self.count_transit(&name, id, -1);
                 self.attach(conn, name.clone(), 1);
                 self.settle(&name);
             }
@@ -424,7 +443,7 @@ impl Tracker {
                 return; // kept by its owner
             }
             self.doom(name);
-        } else if !held && e.transit == 0 {
+        } else if !held && e.transits.is_empty() {
             self.names.remove(name);
         }
     }
@@ -451,7 +470,9 @@ impl Tracker {
 
     /// Whether some encoding is still on its way to a receiver.
     fn in_transit(&self) -> bool {
-        self.names.values().any(|e| e.created > 0 && e.transit > 0)
+        self.names
+            .values()
+            .any(|e| e.created > 0 && e.transits.values().any(|&n| n > 0))
     }
 
     fn drop_conn(&mut self, i: usize) {
@@ -608,8 +629,8 @@ fn msg_name(msg: &Msg) -> &str {
         | Msg::Forget(n)
         | Msg::Attached(n)
         | Msg::Detached(n)
-        | Msg::InTransit(n)
-        | Msg::Received(n)
+        | Msg::InTransit(n, _)
+        | Msg::Received(n, _)
         | Msg::Unlinked(n) => n,
         Msg::PartOf(part, owner) => {
             if valid_name(owner) {
@@ -717,10 +738,10 @@ mod tests {
     fn a_transit_keeps_the_name_until_received_in_either_order() {
         let mut t = tracker(2);
         t.apply(0, Msg::Created(s("a")));
-        t.apply(0, Msg::InTransit(s("a")));
+        t.apply(0, Msg::InTransit(s("a"), 1));
         t.apply(0, Msg::Detached(s("a")));
         assert!(t.doomed.is_empty(), "held by the encoding in transit");
-        t.apply(1, Msg::Received(s("a")));
+        t.apply(1, Msg::Received(s("a"), 1));
         assert!(t.doomed.is_empty());
         t.apply(1, Msg::Detached(s("a")));
         assert_eq!(t.doomed, [s("a")]);
@@ -728,8 +749,8 @@ mod tests {
         // The receiver's message read first: the sender's attachment still holds it.
         let mut t = tracker(2);
         t.apply(0, Msg::Created(s("b")));
-        t.apply(1, Msg::Received(s("b")));
-        t.apply(0, Msg::InTransit(s("b")));
+        t.apply(1, Msg::Received(s("b"), 1));
+        t.apply(0, Msg::InTransit(s("b"), 1));
         t.apply(0, Msg::Detached(s("b")));
         assert!(t.doomed.is_empty());
         t.apply(1, Msg::Detached(s("b")));
@@ -743,7 +764,7 @@ mod tests {
             // died), all read before the sender's InTransit.
             let mut t = tracker(2);
             t.apply(0, Msg::Created(s("a")));
-            t.apply(1, Msg::Received(s("a")));
+            t.apply(1, Msg::Received(s("a"), 1));
             if dies {
                 t.drop_conn(1);
             } else {
@@ -753,11 +774,34 @@ mod tests {
                 t.doomed.is_empty(),
                 "the sender still holds it (dies: {dies})"
             );
-            t.apply(0, Msg::InTransit(s("a")));
+            t.apply(0, Msg::InTransit(s("a"), 1));
             assert!(t.doomed.is_empty());
             t.apply(0, Msg::Detached(s("a")));
             assert_eq!(t.doomed, [s("a")], "dies: {dies}");
         }
+    }
+
+    #[test]
+    fn a_forwarded_name_stays_while_the_forwarder_holds_it_whatever_is_read_first() {
+        // The creator (0) sends `a` to a forwarder (1) and lets go; the forwarder sends it
+        // on to a receiver (2), which uses it and lets go. The tracker reads the creator's
+        // and the receiver's messages before any of the forwarder's.
+        let mut t = tracker(3);
+        t.apply(0, Msg::Created(s("a")));
+        t.apply(0, Msg::InTransit(s("a"), 1));
+        t.apply(0, Msg::Detached(s("a")));
+        t.apply(2, Msg::Received(s("a"), 2));
+        t.apply(2, Msg::Detached(s("a")));
+        assert!(
+            t.doomed.is_empty(),
+            "the forwarder's transit still holds it"
+        );
+        t.apply(1, Msg::Received(s("a"), 1));
+        t.apply(1, Msg::InTransit(s("a"), 2));
+        assert!(t.doomed.is_empty(), "the forwarder holds it");
+        t.apply(1, Msg::Detached(s("a")));
+        assert_eq!(t.doomed, [s("a")]);
+        assert!(t.names.is_empty());
     }
 
     #[test]
@@ -788,7 +832,7 @@ mod tests {
     fn encodings_in_transit_are_known() {
         let mut t = tracker(1);
         t.apply(0, Msg::Created(s("a")));
-        t.apply(0, Msg::InTransit(s("a")));
+        t.apply(0, Msg::InTransit(s("a"), 1));
         t.drop_conn(0);
         assert!(t.in_transit(), "a receiver may still come");
         assert!(t.doomed.is_empty());

@@ -211,13 +211,21 @@ pub(crate) fn cpus_allowed() -> usize {
 /// How many CPUs the machine has online (whatever this process's affinity), read once from
 /// `/sys/devices/system/cpu/online`; this process's own count if that cannot be read.
 pub(crate) fn machine_cpus() -> usize {
-    static ANSWER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        std::fs::read_to_string("/sys/devices/system/cpu/online")
-            .ok()
-            .and_then(|list| count_cpu_list(list.trim()))
-            .unwrap_or_else(cpus_allowed)
-    })
+    // An atomic, not a once-cell: a fork child must never wait for a reading that another
+    // thread of its parent had under way (reading twice is harmless).
+    static ANSWER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    match ANSWER.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let n = std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .ok()
+                .and_then(|list| count_cpu_list(list.trim()))
+                .unwrap_or_else(cpus_allowed)
+                .max(1);
+            ANSWER.store(n, std::sync::atomic::Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
 }
 
 /// The number of CPUs in a kernel CPU list such as `0-3,5,8-9`.
