@@ -58,23 +58,7 @@ const FOREVER: Duration = Duration::from_secs(300);
 /// Runs `f` once per start method on a thread of its own, and fails the test if it has not
 /// ended within [`TEST_LIMIT`] (so a call with no timeout of its own cannot hang the run).
 fn each_method_bounded(f: impl Fn(&Context) + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        each_method(&f);
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(TEST_LIMIT) {
-        Ok(()) => thread.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // It panicked: the test fails with its message.
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("the test did not end within {TEST_LIMIT:?}: something hangs")
-        }
-    }
+    common::procs::bounded(TEST_LIMIT, move || each_method(&f));
 }
 
 fn pool(ctx: &Context, n: usize) -> Pool {

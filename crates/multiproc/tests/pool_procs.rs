@@ -63,22 +63,7 @@ const LIMIT: Duration = Duration::from_millis(300);
 /// Runs `f` on a thread of its own and fails the test if it has not ended within
 /// [`TEST_LIMIT`] (so a call with no timeout of its own cannot hang the run).
 fn bounded(f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(TEST_LIMIT) {
-        Ok(()) => thread.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("the test did not end within {TEST_LIMIT:?}: something hangs")
-        }
-    }
+    common::procs::bounded(TEST_LIMIT, f);
 }
 
 fn ctx(name: &str) -> Context {
@@ -2085,6 +2070,18 @@ fn when_set((x, go): (u64, Event)) -> u64 {
     x
 }
 
+/// Submits `n` tasks `when_set(x)`, each held until its own event (the first returned) is set.
+fn submit_gated(pool: &Pool, n: u64) -> (Vec<Event>, Vec<AsyncResult<u64>>) {
+    let events: Vec<Event> = (0..n).map(|_| Event::new().unwrap()).collect();
+    let futs = (0..n)
+        .map(|x| {
+            pool.submit(when_set, (x, events[x as usize].clone()))
+                .unwrap()
+        })
+        .collect();
+    (events, futs)
+}
+
 #[multiproc::test]
 fn an_async_result_is_a_future_under_every_start_method() {
     bounded(|| {
@@ -2192,13 +2189,7 @@ fn a_future_polled_while_its_callback_runs_is_woken_after() {
 fn several_futures_awaited_at_once_in_one_thread_finish_in_their_order() {
     bounded(|| {
         let pool = pool(&ctx("fork"), 4);
-        let events: Vec<Event> = (0..4).map(|_| Event::new().unwrap()).collect();
-        let futs: Vec<_> = (0..4)
-            .map(|x| {
-                pool.submit(when_set, (x, events[x as usize].clone()))
-                    .unwrap()
-            })
-            .collect();
+        let (events, futs) = submit_gated(&pool, 4);
         let finished = Arc::new(Mutex::new(Vec::new()));
         let all = join_all(futs, finished.clone());
         // Another thread releases them in the order 2, 0, 3, 1, each once the executor has
@@ -2233,13 +2224,7 @@ fn several_futures_awaited_at_once_in_one_thread_finish_in_their_order() {
 fn wait_and_as_completed_follow_the_tasks_as_they_finish() {
     bounded(|| {
         let pool = pool(&ctx("fork"), 3);
-        let events: Vec<Event> = (0..3).map(|_| Event::new().unwrap()).collect();
-        let futs: Vec<_> = (0..3)
-            .map(|x| {
-                pool.submit(when_set, (x, events[x as usize].clone()))
-                    .unwrap()
-            })
-            .collect();
+        let (events, futs) = submit_gated(&pool, 3);
         // Nothing finished: a short wait says so.
         let w = wait(
             &futs,

@@ -271,28 +271,12 @@ fn cpu_ticks() -> u64 {
 /// again, with only the body below): tests running beside it would count too.
 #[test]
 fn r08_watcher_spins_after_time_limit_kill() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "r08_body",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_TEST_R08", "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("r08: "), "{text}");
+    common::run_own_ignored_test("r08_body", b"");
 }
 
 #[multiproc::test]
 #[ignore = "run by r08_watcher_spins_after_time_limit_kill as its own program"]
 fn r08_body() {
-    if std::env::var_os("MULTIPROC_TEST_R08").is_none() {
-        return;
-    }
     let pool = Pool::builder()
         .processes(1)
         .context(fork())

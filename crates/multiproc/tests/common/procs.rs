@@ -36,3 +36,25 @@ pub(crate) fn finish<R: DeserializeOwned>(mut p: Process<R>) -> R {
     p.join_result()
         .unwrap_or_else(|e| panic!("{m}: child failed: {e}"))
 }
+
+/// Runs `f` on a thread of its own and fails the test if it has not ended within `limit` (so
+/// a call with no timeout of its own cannot hang the run); a panic in `f` fails the test with
+/// its message.
+pub(crate) fn bounded(limit: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => thread.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the test did not end within {limit:?}: something hangs")
+        }
+    }
+}
