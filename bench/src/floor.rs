@@ -2,7 +2,10 @@
 //! costs.
 //!
 //! - [`fork_exit_wait`]: `fork()`, the child `_exit(0)`s at once, the parent `waitpid`s — the
-//!   floor of the `fork` start method;
+//!   floor of the `fork` start method; [`fork_report_wait`] adds what any start+join that
+//!   hands back a result and watches its child through a descriptor needs (a channel, a
+//!   pidfd, one message); [`make_multi_threaded`] gives a floor's process a second thread, as
+//!   a multiproc parent has (its reaper);
 //! - [`ExecFloor::run`]: `fork()`, the child `execve`s this very bench binary with
 //!   [`EXEC_CHILD_ARG`], which makes it `_exit(0)` at the top of `main`
 //!   ([`exit_if_exec_child`]), the parent `waitpid`s — the floor of `spawn` and `forkserver`
@@ -29,7 +32,8 @@
 //! `Instant::now`), which are async-signal-safe, allocates nothing, and touches no memory the
 //! parent might change but the atomics of a shared mapping (everything it needs is built
 //! before the fork), so it is sound even if the parent has other threads. The pool floor adds
-//! `pipe2`, `fcntl` (to size a pipe) and `poll`, in the parent only.
+//! `pipe2`, `fcntl` (to size a pipe) and `poll`, in the parent only; the reporting fork floor
+//! adds `send` in the child, and `pidfd_open`, `poll`, `waitid` and `recv` in the parent.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};
@@ -95,6 +99,133 @@ pub(crate) fn fork_exit_wait() -> io::Result<()> {
         }
         pid => wait_exit_zero(pid),
     }
+}
+
+/// Gives this process a second thread, parked for good (once; returns when it runs). A
+/// multiproc parent has one, its reaper; and once a process has had two threads, the C
+/// library's `fork` takes its multi-threaded path (its allocator's and stdio's locks, and
+/// more work in the child) for the rest of the process's life.
+pub(crate) fn make_multi_threaded() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let (running_tx, running_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = running_tx.send(());
+            loop {
+                std::thread::park();
+            }
+        });
+        let _ = running_rx.recv();
+    });
+}
+
+/// The least a start+join that hands back a result can do: a `socketpair`, `fork`, the child
+/// `send`s one 5-byte frame and `_exit(0)`s; the parent opens a pidfd, `poll`s it, reaps the
+/// child with `waitid` on it, and `recv`s the frame.
+pub(crate) fn fork_report_wait() -> io::Result<()> {
+    let mut pair = [0 as libc::c_int; 2];
+    // SAFETY:
+    // - `pair` is a valid, writable array of two `c_int`s for the duration of the call.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY:
+    // - each descriptor was just made by `socketpair` and is owned by nothing else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    // SAFETY:
+    // - `fork` has no memory-safety preconditions; the child below only calls `send` and
+    //   `_exit`, which are async-signal-safe (see the file header).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let frame = [1u8, 0, 0, 0, 0];
+        // SAFETY:
+        // - `frame` is valid for reads of its length; `theirs` is an open socket;
+        // - `_exit` accepts any status, never returns, and is async-signal-safe.
+        unsafe {
+            libc::send(
+                theirs.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            libc::_exit(0)
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(theirs);
+    // SAFETY:
+    // - `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY:
+    // - the descriptor was just returned by `pidfd_open` and is owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut ready = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY:
+    // - `ready` is one valid, writable `pollfd` for the duration of the call.
+    while unsafe { libc::poll(&mut ready, 1, -1) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    // SAFETY:
+    // - an all-zero `siginfo_t` is a valid value of that plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY:
+    // - `info` is valid and writable for the call; the pidfd is our child's, not yet reaped.
+    if unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY:
+    // - `waitid` succeeded, so `info` describes the child that ended.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    if code != libc::CLD_EXITED || status != 0 {
+        return Err(io::Error::other(format!(
+            "floor child ended with code {code}, status {status}"
+        )));
+    }
+    let mut buf = [0u8; 16];
+    // SAFETY:
+    // - `buf` is valid for writes of its length; `ours` is an open socket.
+    let got = unsafe {
+        libc::recv(
+            ours.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if got != 5 {
+        return Err(io::Error::other(format!(
+            "floor child's frame: got {got} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// `fork()` + `execve(this program, [EXEC_CHILD_ARG])` + `waitpid`, with everything `execve`

@@ -57,6 +57,48 @@ static FORK_FLOOR: Floor = Floor {
     run: floor_fork,
 };
 
+/// The fork floor in a process with a second thread (the C library's multi-threaded `fork`).
+fn floor_fork_threaded(reps: &Reps) -> Result<Vec<f64>, String> {
+    floor::make_multi_threaded();
+    floor_fork(reps)
+}
+
+fn floor_report(reps: &Reps) -> Result<Vec<f64>, String> {
+    reps.time(|| floor::fork_report_wait().map_err(err))
+}
+
+fn floor_report_threaded(reps: &Reps) -> Result<Vec<f64>, String> {
+    floor::make_multi_threaded();
+    floor_report(reps)
+}
+
+/// The fork floor with the second thread every multiproc parent has (its reaper).
+static FORK_FLOOR_THREADED: Floor = Floor {
+    name: "fork+_exit+waitpid, 2 threads",
+    run: floor_fork_threaded,
+};
+
+/// What any start+join with a result needs: a channel, a pidfd, one message.
+static REPORT_FLOOR: Floor = Floor {
+    name: "socketpair+fork+send+_exit, pidfd poll+waitid+recv",
+    run: floor_report,
+};
+
+/// The same, with a second thread.
+static REPORT_FLOOR_THREADED: Floor = Floor {
+    name: "socketpair+fork+send+_exit, pidfd poll+waitid+recv, 2 threads",
+    run: floor_report_threaded,
+};
+
+/// A row that measures the fork start method against another floor, without CPython (the
+/// row "start+join fork" has it): what the gap to the raw floor is made of.
+fn fork_against(name: &'static str, floor: &'static Floor) -> Case {
+    Case {
+        python: None,
+        ..case(name, lib_fork, &["fork"], floor)
+    }
+}
+
 /// The floor of the spawn and forkserver start methods: a child that runs the program.
 static EXEC_FLOOR: Floor = Floor {
     name: "fork+execve+waitpid",
@@ -98,6 +140,18 @@ pub(super) fn case_on(
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case("start+join fork", lib_fork, &["fork"], &FORK_FLOOR),
+        fork_against(
+            "start+join fork, against a floor with a second thread",
+            &FORK_FLOOR_THREADED,
+        ),
+        fork_against(
+            "start+join fork, against a floor that reports",
+            &REPORT_FLOOR,
+        ),
+        fork_against(
+            "start+join fork, against a floor that reports, with a second thread",
+            &REPORT_FLOOR_THREADED,
+        ),
         case("start+join spawn", lib_spawn, &["spawn"], &EXEC_FLOOR),
         case(
             "start+join forkserver",

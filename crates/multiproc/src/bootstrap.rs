@@ -251,6 +251,13 @@ pub(crate) fn lock_to_parent() -> std::sync::MutexGuard<'static, Option<UnixStre
 /// Sends a report to the parent. One larger than [`INLINE_PAYLOAD_MAX`] goes in a memfd, so
 /// the frame on the socket is always small and the send never waits for the parent to read.
 pub(crate) fn send_report(channel: &UnixStream, report: &Report) {
+    // Most reports are a few bytes: encoded on the stack, they cost a fork child no write to
+    // the heap (every page it writes is a copy-on-write fault).
+    let mut small = [0u8; 256];
+    if let Some(bytes) = codec::encode_small(report, &mut small) {
+        let _ = sys::send_frame(channel.as_fd(), bytes, &[], None);
+        return;
+    }
     let Ok(bytes) = codec::encode(report) else {
         return;
     };
@@ -494,6 +501,16 @@ thread_local! {
     /// one is reported, when it reaches the child's main; a panic the target catches is not.
     static LAST_PANIC: std::cell::RefCell<Option<(String, Option<String>)>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// Registers, in the thread about to fork, the thread-locals a fork child's target thread
+/// uses: a thread-local with a destructor registers it at its first use, which costs a child
+/// several page faults (code of the C library and the loader, and a write to the stack); a
+/// child inherits them registered.
+pub(crate) fn register_child_thread_locals() {
+    LAST_PANIC.with(|_| ());
+    PANIC_SLOT.with(|_| ());
+    codec::register_thread_locals();
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -39,6 +39,13 @@ thread_local! {
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
+/// Registers this thread's descriptor scopes (see
+/// [`bootstrap::register_child_thread_locals`](crate::bootstrap::register_child_thread_locals)).
+pub(crate) fn register_thread_locals() {
+    OUTGOING.with(|_| ());
+    INCOMING.with(|_| ());
+}
+
 /// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
 /// descriptors the value holds, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {

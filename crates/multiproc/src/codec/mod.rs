@@ -135,6 +135,17 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
     own_custom(ENCODE, || postcard::to_stdvec(value))
 }
 
+/// Encodes a small value into `buf` without allocating; `None` if it does not fit (or cannot
+/// be encoded: [`encode`] then says why).
+pub(crate) fn encode_small<'b, T: Serialize + ?Sized>(
+    value: &T,
+    buf: &'b mut [u8],
+) -> Option<&'b [u8]> {
+    own_custom(ENCODE, || postcard::to_slice(value, buf))
+        .ok()
+        .map(|b| &*b)
+}
+
 /// Decodes a value; trailing bytes are an error.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, rest) = take_from_bytes(bytes)?;
@@ -174,6 +185,13 @@ fn own_custom<T>(
     let r = op().map_err(|e| postcard_error(context, e));
     let _ = CUSTOM.try_with(|c| *c.borrow_mut() = outer);
     r
+}
+
+/// Registers this thread's kept error text (see
+/// [`bootstrap::register_child_thread_locals`](crate::bootstrap::register_child_thread_locals)).
+pub(crate) fn register_thread_locals() {
+    CUSTOM.with(|_| ());
+    fds::register_thread_locals();
 }
 
 fn keep_custom(text: &str) {

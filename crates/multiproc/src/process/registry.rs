@@ -199,11 +199,11 @@ pub(crate) fn after_fork_in_child(reg: &mut Registry) {
     if !reg.children.is_empty() {
         std::mem::forget(std::mem::take(&mut reg.children));
     }
-    if let Some((epoll, _)) = reg.reaper.take() {
-        sys::neutralize_fd(epoll.raw_fd());
-        // The reaper thread did not survive the fork; its clone keeps the epoll from being
-        // freed, which is fine.
-        std::mem::forget(epoll);
+    if let Some(reaper) = reg.reaper.take() {
+        sys::neutralize_fd(reaper.0.raw_fd());
+        // The reaper thread did not survive the fork. Its epoll set and thread handle are
+        // forgotten, not dropped (a drop writes to their reference counts on the heap).
+        std::mem::forget(reaper);
     }
     if reg.owner.is_some() {
         reg.owner = Some(sys::getpid());

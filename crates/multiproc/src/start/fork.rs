@@ -36,6 +36,7 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
     // (`/dev/null` is what the child neutralizes the parent's descriptors with.)
     let _ = sys::dev_null();
     bootstrap::ensure_panic_hook();
+    bootstrap::register_child_thread_locals();
     callable::prepare_for_fork();
     registry::ensure_reaper();
     // No other launch has a channel end out of the registry while the window is held, and
@@ -52,11 +53,16 @@ pub(crate) fn launch(job: &Job<'_>) -> Result<Arc<ChildShared>, ProcessError> {
         Ok(Forked::Child) => {
             // Copies of its own argument descriptors first: the originals are held for the
             // parent (in the set of open connection ends) and are neutralized just below.
-            let arg_fds: Vec<_> = job
-                .arg_fds
-                .iter()
-                .filter_map(|fd| fd.try_clone().ok())
-                .collect();
+            // (Nothing to run through when there are none: each piece of code a fork child
+            // runs for the first time costs it a page fault.)
+            let arg_fds: Vec<_> = if job.arg_fds.is_empty() {
+                Vec::new()
+            } else {
+                job.arg_fds
+                    .iter()
+                    .filter_map(|fd| fd.try_clone().ok())
+                    .collect()
+            };
             registry::after_fork_in_child(&mut locks.reg);
             forkserver::after_fork_in_child(&mut locks.client);
             tracker::after_fork_in_child(&mut locks.tracker);
