@@ -421,6 +421,8 @@ pub(crate) fn serve(channel: UnixStream) -> ! {
     // An ignored SIGCHLD, inherited from the program, would make the kernel reap our
     // children before we could learn their status.
     sys::default_sigchld();
+    // Registered once here, inherited by every child (see the function).
+    bootstrap::register_child_thread_locals();
     let key = tree::with(|m| m.authkey);
     let pid = sys::getpid().as_raw_nonzero().get();
     let name = format!(
