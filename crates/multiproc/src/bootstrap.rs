@@ -38,6 +38,7 @@ use crate::callable::{self, Callable, CallableSpec};
 use crate::codec;
 use crate::context::StartMethod;
 use crate::process::{registry, tree};
+use crate::shm::segment::Transit;
 use crate::start::forkserver::{self, ServerAddr};
 use crate::sys;
 
@@ -116,8 +117,9 @@ pub(crate) enum Report {
 /// How the target ended, as the child itself reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    /// The encoded value the target returned.
-    Returned(Vec<u8>),
+    /// The encoded value the target returned, and the transits of the tracked segments in
+    /// it (taken back by the parent if it never decodes the value).
+    Returned(Vec<u8>, Vec<Transit>),
     Panicked {
         message: String,
         location: Option<String>,
@@ -429,8 +431,8 @@ pub(crate) fn run_child(
     PANIC_SLOT.with(|s| *s.borrow_mut() = (None, Vec::new()));
     let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args, arg_fds)));
     let code = match result {
-        Ok(Ok(bytes)) => {
-            report(Report::Outcome(Outcome::Returned(bytes)));
+        Ok(Ok((bytes, transits))) => {
+            report(Report::Outcome(Outcome::Returned(bytes, transits)));
             0
         }
         Ok(Err(e)) => {

@@ -26,11 +26,13 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, Codec};
-use crate::shm::segment::Transit;
+use crate::shm::segment::{Segment, Transit};
 use crate::sys;
 
 /// What a runner returns: the encoded result of the target, or why it could not run.
-pub(crate) type RunResult = Result<Vec<u8>, RunError>;
+/// The encoded result, and the transits of the tracked segments in it (which the parent
+/// takes back if it never decodes the result: see `Segment::take_back_transits`).
+pub(crate) type RunResult = Result<(Vec<u8>, Vec<Transit>), RunError>;
 
 /// The type-erased entry every target is called through.
 pub(crate) type Runner = fn(usize, &[u8], Vec<OwnedFd>) -> RunResult;
@@ -117,7 +119,15 @@ fn run_target<A: DeserializeOwned, R: Serialize>(
     let args: A = codec::fds::decoding(fds, || trusted_decoding(|| codec::decode(args)))
         .map_err(|e| RunError::DecodeArgs(e.to_string()))?;
     let result = f(args);
-    codec::encode(&result).map_err(|e| RunError::EncodeResult(e.to_string()))
+    // Shared objects in the result travel by name (the report carries no descriptors).
+    let (encoded, transits) = codec::fds::encoding_without_fds(|| codec::encode(&result));
+    match encoded {
+        Ok(bytes) => Ok((bytes, transits)),
+        Err(e) => {
+            Segment::take_back_transits(&transits);
+            Err(RunError::EncodeResult(e.to_string()))
+        }
+    }
 }
 
 fn noop() {}
@@ -154,7 +164,7 @@ fn run_action(target: usize, _args: &[u8], _fds: Vec<OwnedFd>) -> RunResult {
     // - function pointers and `usize` have the same size on every supported target.
     let f = unsafe { std::mem::transmute::<usize, fn()>(target) };
     f();
-    Ok(Vec::new())
+    Ok((Vec::new(), Vec::new()))
 }
 
 impl Callable {

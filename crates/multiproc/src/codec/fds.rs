@@ -13,7 +13,14 @@
 //! A scope opened with [`encoding_segments_by_name`] (queue items) still collects true
 //! descriptors (connections, a queue's own sockets) but asks shared-memory objects to travel
 //! by name: their descriptor would cost a trip through a side channel, and their name
-//! works on its own.
+//! works on its own. One opened with [`encoding_without_fds`] (a connection that cannot
+//! carry descriptors: TCP, or a codec without them) refuses descriptors as no scope does,
+//! and sends shared-memory objects by name.
+//!
+//! Every scope also lists the tracked segments encoded in it: each is counted *in transit*
+//! by the segment tracker until a receiver decodes it, so an encoding that is never
+//! delivered (it failed, its send failed, its process never ran) must take them back, or
+//! the segment would outlive every handle (see `shm::segment::Transit`).
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -25,13 +32,24 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The most descriptors one message may carry (Linux's `SCM_MAX_FD`).
 pub(crate) const MAX_PER_MESSAGE: usize = 253;
 
-/// An outgoing scope: the descriptors collected so far, and whether shared-memory objects
-/// should leave theirs behind.
+/// An outgoing scope: the descriptors collected so far, how shared-memory objects travel,
+/// and the tracked segments encoded so far.
 struct Outgoing {
     fds: Vec<OwnedFd>,
-    segments_by_name: bool,
-    /// Tracked segments encoded without their descriptor (each counted in transit).
-    sent_by_name: Vec<Transit>,
+    mode: Mode,
+    /// Tracked segments encoded in this scope (each counted in transit).
+    transits: Vec<Transit>,
+}
+
+/// What an outgoing scope does with descriptors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Collects them; shared-memory objects send theirs.
+    Fds,
+    /// Collects them; shared-memory objects travel by name.
+    SegmentsByName,
+    /// Refuses them (as outside any scope); shared-memory objects travel by name.
+    NoFds,
 }
 
 thread_local! {
@@ -46,45 +64,51 @@ pub(crate) fn register_thread_locals() {
     INCOMING.with(|_| ());
 }
 
-/// Runs `f` (which encodes a value) in an outgoing scope; returns its result and the
-/// descriptors the value holds, in index order.
-pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let (r, scope) = outgoing(false, f);
-    (r, scope.fds)
+/// Runs `f` (which encodes a value) in an outgoing scope; returns its result, the
+/// descriptors the value holds, in index order, and the tracked segments it holds (whose
+/// transits an encoding that is never delivered takes back: see the module docs).
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>, Vec<Transit>) {
+    let (r, scope) = outgoing(Mode::Fds, f);
+    (r, scope.fds, scope.transits)
 }
 
 /// As [`encoding`], but shared-memory objects in the value travel by name (see the module
 /// docs); only true descriptors are collected.
-/// Also returns the names of the tracked segments that went by name, so that an encoding
-/// that is then thrown away can take their transits back.
 pub(crate) fn encoding_segments_by_name<R>(
     f: impl FnOnce() -> R,
 ) -> (R, Vec<OwnedFd>, Vec<Transit>) {
-    let (r, scope) = outgoing(true, f);
-    (r, scope.fds, scope.sent_by_name)
+    let (r, scope) = outgoing(Mode::SegmentsByName, f);
+    (r, scope.fds, scope.transits)
 }
 
-fn outgoing<R>(segments_by_name: bool, f: impl FnOnce() -> R) -> (R, Outgoing) {
+/// As [`encoding`], for a channel that cannot carry descriptors: encoding one fails, and
+/// shared-memory objects travel by name.
+pub(crate) fn encoding_without_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<Transit>) {
+    let (r, scope) = outgoing(Mode::NoFds, f);
+    (r, scope.transits)
+}
+
+fn outgoing<R>(mode: Mode, f: impl FnOnce() -> R) -> (R, Outgoing) {
     let scope = Outgoing {
         fds: Vec::new(),
-        segments_by_name,
-        sent_by_name: Vec::new(),
+        mode,
+        transits: Vec::new(),
     };
     let (r, scope) = scoped(&OUTGOING, scope, f);
     let scope = scope.unwrap_or(Outgoing {
         fds: Vec::new(),
-        segments_by_name,
-        sent_by_name: Vec::new(),
+        mode,
+        transits: Vec::new(),
     });
     (r, scope)
 }
 
-/// Records that a tracked segment was just encoded by name (in transit), if an outgoing
+/// Records that a tracked segment was just encoded (counted in transit), if an outgoing
 /// scope is open.
-pub(crate) fn note_sent_by_name(transit: Transit) {
+pub(crate) fn note_transit(transit: Transit) {
     OUTGOING.with(|o| {
         if let Some(s) = o.borrow_mut().as_mut() {
-            s.sent_by_name.push(transit);
+            s.transits.push(transit);
         }
     });
 }
@@ -210,7 +234,7 @@ pub(crate) fn segment_carries_fd() -> bool {
     OUTGOING.with(|o| {
         o.borrow()
             .as_ref()
-            .is_some_and(|s| !s.segments_by_name && s.fds.len() < MAX_PER_MESSAGE)
+            .is_some_and(|s| s.mode == Mode::Fds && s.fds.len() < MAX_PER_MESSAGE)
     })
 }
 
@@ -221,31 +245,33 @@ pub(crate) fn can_carry_fd() -> bool {
     OUTGOING.with(|o| {
         o.borrow()
             .as_ref()
-            .is_some_and(|s| s.fds.len() < MAX_PER_MESSAGE)
+            .is_some_and(|s| s.mode != Mode::NoFds && s.fds.len() < MAX_PER_MESSAGE)
     })
 }
 
 /// Encodes `fd` as an index into the current outgoing scope (after duplicating it there).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    let index =
-        OUTGOING.with(|o| -> Result<u32, String> {
-            let mut o = o.borrow_mut();
-            let list = &mut o.as_mut().ok_or(
-            "a descriptor (a Connection, a Descriptor) can only be sent through multiproc with \
-             its default codec",
-        )?
-        .fds;
-            if list.len() >= MAX_PER_MESSAGE {
-                return Err(format!(
-                    "a message can carry at most {MAX_PER_MESSAGE} descriptors"
-                ));
-            }
-            let dup = fd
-                .try_clone_to_owned()
-                .map_err(|e| format!("cannot duplicate a descriptor to send it: {e}"))?;
-            list.push(dup);
-            Ok((list.len() - 1) as u32)
-        });
+    let index = OUTGOING.with(|o| -> Result<u32, String> {
+        let mut o = o.borrow_mut();
+        let list = &mut o
+            .as_mut()
+            .filter(|s| s.mode != Mode::NoFds)
+            .ok_or(
+                "a descriptor (a Connection, a Descriptor) can only be sent through \
+                     multiproc with its default codec, over a Unix socket",
+            )?
+            .fds;
+        if list.len() >= MAX_PER_MESSAGE {
+            return Err(format!(
+                "a message can carry at most {MAX_PER_MESSAGE} descriptors"
+            ));
+        }
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate a descriptor to send it: {e}"))?;
+        list.push(dup);
+        Ok((list.len() - 1) as u32)
+    });
     match index {
         Ok(i) => s.serialize_u32(i),
         Err(msg) => Err(crate::codec::ser_error(msg)),
@@ -278,7 +304,7 @@ mod tests {
     #[test]
     fn descriptors_travel_beside_the_bytes_in_index_order() {
         let (a, b) = (Descriptor(memfd()), Descriptor(memfd()));
-        let (bytes, fds) = encoding(|| {
+        let (bytes, fds, _) = encoding(|| {
             let mut out = Vec::new();
             Postcard::encode(&(&a, 7u8, &b), &mut out).map(|()| out)
         });
@@ -294,7 +320,7 @@ mod tests {
     fn outside_a_scope_a_descriptor_is_an_error_not_a_number() {
         let mut out = Vec::new();
         assert!(Postcard::encode(&Descriptor(memfd()), &mut out).is_err());
-        let (bytes, _) = encoding(|| {
+        let (bytes, _, _) = encoding(|| {
             let mut out = Vec::new();
             Postcard::encode(&Descriptor(memfd()), &mut out).map(|()| out)
         });
@@ -303,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_missing_or_reused_index_is_an_error() {
-        let (bytes, _fds) = encoding(|| {
+        let (bytes, _fds, _) = encoding(|| {
             let mut out = Vec::new();
             Postcard::encode(&Descriptor(memfd()), &mut out).map(|()| out)
         });

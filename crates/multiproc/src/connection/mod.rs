@@ -54,6 +54,7 @@ pub use listener::{Client, Listener, ListenerBuilder};
 pub use wait::{Waitable, wait};
 
 use crate::codec::{Codec, CodecError, Postcard, fds};
+use crate::shm::segment::{Segment, Transit};
 use endpoint::Endpoint;
 
 /// An error from a [`Connection`], [`Listener`] or [`Client`] call. Messages follow
@@ -441,7 +442,7 @@ impl<T, C: Codec> Connection<T, C> {
     ) -> Result<(), ConnectionError> {
         let mut batch = Batch::new(self, deadline)?;
         for buf in bufs {
-            batch.push(buf.as_ref(), &[])?;
+            batch.push(buf.as_ref(), &[], Vec::new())?;
         }
         batch.finish()
     }
@@ -902,20 +903,33 @@ impl<T: Serialize, C: Codec> Connection<T, C> {
         let mut batch = Batch::new(self, deadline)?;
         for value in values {
             one.clear();
-            let (encoded, fds) = if carries_fds {
-                fds::encoding(|| C::encode(value, &mut one))
-            } else {
-                (C::encode(value, &mut one), Vec::new())
-            };
+            let (encoded, fds, transits) = encode_for::<_, C>(carries_fds, value, &mut one);
             if let Err(e) = encoded {
+                Segment::take_back_transits(&transits);
                 // What is packed already goes; nothing after the value that failed.
                 batch.finish()?;
                 return Err(e.into());
             }
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-            batch.push(&one, &borrowed)?;
+            batch.push(&one, &borrowed, transits)?;
         }
         batch.finish()
+    }
+}
+
+/// Encodes `value` for a connection: collecting the descriptors it holds if the connection
+/// carries them (else a descriptor fails to encode), and listing the tracked segments it
+/// holds, whose transits the caller takes back if the message is never delivered.
+fn encode_for<U: Serialize + ?Sized, C: Codec>(
+    carries_fds: bool,
+    value: &U,
+    out: &mut Vec<u8>,
+) -> (Result<(), CodecError>, Vec<OwnedFd>, Vec<Transit>) {
+    if carries_fds {
+        fds::encoding(|| C::encode(value, out))
+    } else {
+        let (encoded, transits) = fds::encoding_without_fds(|| C::encode(value, out));
+        (encoded, Vec::new(), transits)
     }
 }
 
@@ -926,6 +940,8 @@ struct Batch<'c, T, C: Codec> {
     conn: &'c mut Connection<T, C>,
     buf: Vec<u8>,
     deadline: Option<Instant>,
+    /// The transits of the values packed in `buf`: taken back if they are never written.
+    pending: Vec<Transit>,
 }
 
 /// How many bytes of frames a batch packs into one write.
@@ -946,28 +962,49 @@ impl<'c, T, C: Codec> Batch<'c, T, C> {
             conn,
             buf,
             deadline,
+            pending: Vec::new(),
         })
     }
 
-    fn push(&mut self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ConnectionError> {
+    /// Packs (or writes) one encoded value; `transits` are its segments' (taken back if it
+    /// is never written).
+    fn push(
+        &mut self,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        transits: Vec<Transit>,
+    ) -> Result<(), ConnectionError> {
         if !fds.is_empty() || payload.len() >= BATCH_COPY_MAX {
-            self.flush()?;
-            return self.conn.writing()?.send(payload, &[], fds, self.deadline);
+            let sent = self
+                .flush()
+                .and_then(|()| self.conn.writing()?.send(payload, &[], fds, self.deadline));
+            if sent.is_err() {
+                Segment::take_back_transits(&transits);
+            }
+            return sent;
         }
         let mut header = [0u8; framing::HEADER_MAX];
         let at = framing::write_header(payload.len() as u64, &mut header);
         self.buf.extend_from_slice(&header[at..]);
         self.buf.extend_from_slice(payload);
+        self.pending.extend(transits);
         if self.buf.len() >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Writes what is packed. On failure the packed values count as never delivered: their
+    /// transits are taken back (a receiver that does decode one of them anyway only gets the
+    /// name's count taken back twice, which the tracker ignores).
     fn flush(&mut self) -> Result<(), ConnectionError> {
         if !self.buf.is_empty() {
             let r = self.conn.writing()?.send_framed(&self.buf, self.deadline);
             self.buf.clear();
+            let pending = std::mem::take(&mut self.pending);
+            if r.is_err() {
+                Segment::take_back_transits(&pending);
+            }
             r?;
         }
         Ok(())
@@ -980,6 +1017,8 @@ impl<'c, T, C: Codec> Batch<'c, T, C> {
 
 impl<T, C: Codec> Drop for Batch<'_, T, C> {
     fn drop(&mut self) {
+        // Packed but never written (an error before the batch finished).
+        Segment::take_back_transits(&std::mem::take(&mut self.pending));
         // The buffer goes back to the connection for its next send (unless it grew large).
         let buf = std::mem::take(&mut self.buf);
         if buf.capacity() <= KEEP_WBUF {
@@ -1029,15 +1068,15 @@ impl<T, C: Codec> Connection<T, C> {
         let carries_fds = self.writing()?.carries_fds && C::CARRIES_DESCRIPTORS;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
-        let (encoded, fds) = if carries_fds {
-            fds::encoding(|| C::encode(value, &mut buf))
-        } else {
-            (C::encode(value, &mut buf), Vec::new())
-        };
+        let (encoded, fds, transits) = encode_for::<_, C>(carries_fds, value, &mut buf);
         let r = encoded.map_err(ConnectionError::from).and_then(|()| {
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
             self.writing()?.send(&buf, &[], &borrowed, deadline)
         });
+        if r.is_err() {
+            // Never delivered (see `Batch::flush` for a send that fails part way).
+            Segment::take_back_transits(&transits);
+        }
         if buf.capacity() <= KEEP_WBUF {
             self.wbuf = buf;
         }

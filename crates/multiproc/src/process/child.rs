@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bootstrap::{self, Outcome, Report};
+use crate::shm::segment::{Segment, Transit};
 use crate::sys::{self, FrameReader, Pid, RawExit, Sig};
 
 /// How long a parent waits for the forkserver's report once the child is gone.
@@ -41,6 +42,19 @@ struct State {
     status_lost: Option<String>,
     /// The child's panic slot, if its target ever panicked (see `Report::PanicSlot`).
     panic_slot: Option<std::fs::File>,
+    /// The transits of the tracked segments in the child's arguments: taken back once it
+    /// has ended, whether or not it decoded them (see `Segment::take_back_transits`).
+    arg_transits: Vec<Transit>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // A result never taken: nothing will decode the segments in it.
+        if let Some(Outcome::Returned(_, transits)) = &self.outcome {
+            Segment::take_back_transits(transits);
+        }
+        Segment::take_back_transits(&self.arg_transits);
+    }
 }
 
 /// One started child, as its parent sees it.
@@ -127,19 +141,49 @@ impl ChildShared {
         }
     }
 
+    /// Holds the transits of the segments in the child's arguments until it has ended (at
+    /// once if it already has).
+    pub(crate) fn hold_arg_transits(&self, transits: Vec<Transit>) {
+        if transits.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        st.arg_transits = transits;
+        if st.exit.is_some() {
+            let transits = std::mem::take(&mut st.arg_transits);
+            drop(st);
+            Segment::take_back_transits(&transits);
+        }
+    }
+
     /// The exit status if the child has ended (reaping it if needed); never blocks.
     pub(crate) fn poll_exit(&self) -> Option<RawExit> {
         let mut st = self.lock();
-        if let Some(e) = st.exit {
-            return Some(e);
+        if st.exit.is_none() {
+            self.collect_exit(&mut st);
         }
-        self.drain(&mut st);
+        let exit = st.exit;
+        // The first time the end is seen: the arguments' segments are no longer in transit.
+        let transits = match exit {
+            Some(_) if !st.arg_transits.is_empty() => std::mem::take(&mut st.arg_transits),
+            _ => Vec::new(),
+        };
+        drop(st);
+        if !transits.is_empty() {
+            Segment::take_back_transits(&transits);
+        }
+        exit
+    }
+
+    /// Reads what the child sent and, if it has ended, its status (see [`poll_exit`]).
+    fn collect_exit(&self, st: &mut State) {
+        self.drain(st);
         match self.reaper {
             Reaper::Us => match sys::reap_nohang(self.pidfd.as_fd()) {
                 Ok(Some(e)) => {
                     st.exit = Some(e);
                     // Everything it sent before exiting is in the socket now.
-                    self.drain(&mut st);
+                    self.drain(st);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -156,11 +200,10 @@ impl ChildShared {
                     || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO))
                         .unwrap_or(false);
                 if gone {
-                    self.await_forkserver_report(&mut st);
+                    self.await_forkserver_report(st);
                 }
             }
         }
-        st.exit
     }
 
     /// The child is gone: the server reaps it and then reports, so the report is moments

@@ -18,6 +18,7 @@ use crate::codec::{self, CodecError};
 use crate::connection::endpoint::HeldFds;
 use crate::context::Context;
 use crate::error::{ChildError, ProcessError};
+use crate::shm::segment::{Segment, Transit};
 use crate::start::{self, Job};
 use crate::sys::{RawExit, Sig};
 
@@ -77,6 +78,10 @@ pub struct Process<R = ()> {
     /// The encoded arguments and the descriptors they hold (connections and other shared
     /// objects travel as descriptors).
     args: Result<(Vec<u8>, HeldFds), CodecError>,
+    /// The tracked segments in the arguments, counted in transit until the child decodes
+    /// them; handed to the child's record at `start` (taken back when it ends), taken back
+    /// here if it never starts.
+    arg_transits: Vec<Transit>,
     name: String,
     identity: Vec<u32>,
     daemon: bool,
@@ -86,6 +91,15 @@ pub struct Process<R = ()> {
     state: State,
     result_taken: bool,
     _result: PhantomData<fn() -> R>,
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        // Never started: no child will decode the arguments.
+        if !self.arg_transits.is_empty() {
+            Segment::take_back_transits(&self.arg_transits);
+        }
+    }
 }
 
 impl<R> fmt::Debug for Process<R> {
@@ -114,12 +128,14 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     /// defaults to the current process's.
     pub fn new<A: Serialize + DeserializeOwned>(target: fn(A) -> R, args: A) -> Self {
         let (identity, name) = tree::next_child_identity();
+        let (bytes, fds, mut arg_transits) = crate::codec::fds::encoding(|| codec::encode(&args));
+        if bytes.is_err() {
+            Segment::take_back_transits(&std::mem::take(&mut arg_transits));
+        }
         Self {
             callable: Callable::new(target),
-            args: {
-                let (bytes, fds) = crate::codec::fds::encoding(|| codec::encode(&args));
-                bytes.map(|b| (b, HeldFds::new(fds)))
-            },
+            args: bytes.map(|b| (b, HeldFds::new(fds))),
+            arg_transits,
             name,
             identity,
             daemon: tree::with(|me| me.daemon),
@@ -242,6 +258,7 @@ impl<R: DeserializeOwned> Process<R> {
             executable: context.executable(),
         };
         let child = start::launch(context.start_method(), &job)?;
+        child.hold_arg_transits(std::mem::take(&mut self.arg_transits));
         self.state = State::Started(child);
         // The child has its own copies now; the parent's must not keep the other ends of
         // its pipes open (a reader would never see end of file).
@@ -336,7 +353,14 @@ impl<R: DeserializeOwned> Process<R> {
         self.result_taken = true;
         let (outcome, lost) = child.take_outcome();
         match outcome {
-            Some(Outcome::Returned(bytes)) => Ok(codec::decode(&bytes)?),
+            Some(Outcome::Returned(bytes, transits)) => {
+                let value = codec::decode(&bytes);
+                if value.is_err() {
+                    // Part of it may be decoded: taking back what was is harmless.
+                    Segment::take_back_transits(&transits);
+                }
+                Ok(value?)
+            }
             Some(Outcome::Panicked { message, location }) => {
                 Err(ChildError::Panicked { message, location }.into())
             }

@@ -359,8 +359,8 @@ impl Serialize for Segment {
         let transit = next_transit_id();
         self.send_in_transit(transit)
             .map_err(crate::codec::ser_error)?;
-        if self.tracked && fd.is_none() {
-            fds::note_sent_by_name(Transit {
+        if self.tracked {
+            fds::note_transit(Transit {
                 name: self.name.clone(),
                 id: transit,
             });
@@ -423,13 +423,19 @@ impl Segment {
         Ok(())
     }
 
-    /// Takes back the transits of encodings that were never sent (a queue put that failed),
-    /// so their segments do not outlive every handle.
+    /// Takes back the transits of encodings that were never delivered (a queue put or a
+    /// send that failed, a process that ended without decoding its arguments), so their
+    /// segments do not outlive every handle.
+    ///
+    /// Taking back a transit that a receiver did decode is harmless: the tracker counts each
+    /// transit at zero at least. Only this process's existing connection to the tracker is
+    /// used (the one that counted the transits), so this never starts a tracker, and may be
+    /// called with multiproc's locks held.
     pub(crate) fn take_back_transits(transits: &[Transit]) {
         for t in transits {
             // A transit turned into this process's hold, then let go.
-            tracker::send_quietly(&Msg::Received(t.name.clone(), t.id));
-            tracker::send_quietly(&Msg::Detached(t.name.clone()));
+            tracker::send_if_connected(&Msg::Received(t.name.clone(), t.id));
+            tracker::send_if_connected(&Msg::Detached(t.name.clone()));
         }
     }
 
