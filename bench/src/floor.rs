@@ -163,44 +163,14 @@ pub(crate) fn fork_report_wait() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     drop(theirs);
-    // SAFETY:
-    // - `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY:
-    // - the descriptor was just returned by `pidfd_open` and is owned by nothing else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-    let mut ready = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY:
-    // - `ready` is one valid, writable `pollfd` for the duration of the call.
-    while unsafe { libc::poll(&mut ready, 1, -1) } < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    let info = match reap_through_pidfd(pid) {
+        Ok(info) => info,
+        Err(e) => {
+            // Not reaped through its pidfd: reaped here, so no zombie is left.
+            let _ = wait_exit_zero(pid);
+            return Err(e);
         }
-    }
-    // SAFETY:
-    // - an all-zero `siginfo_t` is a valid value of that plain C struct.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY:
-    // - `info` is valid and writable for the call; the pidfd is our child's, not yet reaped.
-    if unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    };
     // SAFETY:
     // - `waitid` succeeded, so `info` describes the child that ended.
     let (code, status) = unsafe { (info.si_code, info.si_status()) };
@@ -226,6 +196,56 @@ pub(crate) fn fork_report_wait() -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Opens a pidfd for our child `pid`, `poll`s it until the child ends and reaps it with
+/// `waitid` on it.
+fn reap_through_pidfd(pid: libc::pid_t) -> io::Result<libc::siginfo_t> {
+    // SAFETY:
+    // - `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY:
+    // - the descriptor was just returned by `pidfd_open` and is owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut ready = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY:
+    // - `ready` is one valid, writable `pollfd` for the duration of the call.
+    while unsafe { libc::poll(&mut ready, 1, -1) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    // SAFETY:
+    // - an all-zero `siginfo_t` is a valid value of that plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY:
+        // - `info` is valid and writable for the call; the pidfd is our child's, not yet
+        //   reaped.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if r == 0 {
+            return Ok(info);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// `fork()` + `execve(this program, [EXEC_CHILD_ARG])` + `waitpid`, with everything `execve`

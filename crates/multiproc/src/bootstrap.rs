@@ -427,8 +427,10 @@ pub(crate) fn run_child(
     ensure_panic_hook();
     IS_TARGET_THREAD.with(|t| t.set(true));
     // A fork child may have inherited its parent's record and slot.
-    LAST_PANIC.with(|p| *p.borrow_mut() = None);
-    PANIC_SLOT.with(|s| *s.borrow_mut() = (None, Vec::new()));
+    // (`try_with`: a child started from a thread-local's destructor may find them destroyed
+    // in the copy of its parent's thread; it then keeps no panic record.)
+    let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = None);
+    let _ = PANIC_SLOT.try_with(|s| *s.borrow_mut() = (None, Vec::new()));
     let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(args, arg_fds)));
     let code = match result {
         Ok(Ok((bytes, transits))) => {
@@ -448,7 +450,9 @@ pub(crate) fn run_child(
             // run the hook, so a record can be of an earlier, caught panic).
             let message = panic_message(payload.as_ref());
             let location = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
+                .try_with(|p| p.borrow_mut().take())
+                .ok()
+                .flatten()
                 .filter(|(recorded, _)| *recorded == message)
                 .and_then(|(_, location)| location);
             report_panic(message, location);
@@ -474,7 +478,9 @@ pub(crate) fn caught_panic(payload: Box<dyn std::any::Any + Send>) -> (String, O
     clear_panic_slot();
     let message = panic_message(payload.as_ref());
     let location = LAST_PANIC
-        .with(|p| p.borrow_mut().take())
+        .try_with(|p| p.borrow_mut().take())
+        .ok()
+        .flatten()
         .filter(|(recorded, _)| *recorded == message)
         .and_then(|(_, location)| location);
     (message, location)
@@ -510,8 +516,10 @@ thread_local! {
 /// several page faults (code of the C library and the loader, and a write to the stack); a
 /// child inherits them registered.
 pub(crate) fn register_child_thread_locals() {
-    LAST_PANIC.with(|_| ());
-    PANIC_SLOT.with(|_| ());
+    // `try_with`: a start from a thread-local's destructor finds these already destroyed
+    // (the child then registers them itself, as it did before).
+    let _ = LAST_PANIC.try_with(|_| ());
+    let _ = PANIC_SLOT.try_with(|_| ());
     codec::register_thread_locals();
 }
 
@@ -562,7 +570,7 @@ fn on_panic(info: &panic::PanicHookInfo<'_>, previous: &PanicHook) {
         report_panic(message, location);
     } else {
         write_panic_slot(&message, location.as_deref());
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+        let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some((message, location)));
     }
 }
 
@@ -585,7 +593,7 @@ thread_local! {
 /// handing it to the parent at the first panic. Takes no lock that a launch could hold:
 /// `try_lock` only.
 fn write_panic_slot(message: &str, location: Option<&str>) {
-    PANIC_SLOT.with(|cell| {
+    let _ = PANIC_SLOT.try_with(|cell| {
         let (slot, latest) = &mut *cell.borrow_mut();
         if latest.len() == PANIC_SLOT_KEEPS {
             latest.remove(0);
@@ -607,7 +615,7 @@ fn write_panic_slot(message: &str, location: Option<&str>) {
 
 /// Empties the panic slot (after a panic that was caught).
 fn clear_panic_slot() {
-    PANIC_SLOT.with(|cell| {
+    let _ = PANIC_SLOT.try_with(|cell| {
         let (slot, latest) = &mut *cell.borrow_mut();
         latest.clear();
         if let Some(file) = slot.as_ref() {

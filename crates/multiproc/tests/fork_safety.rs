@@ -204,3 +204,60 @@ fn starting_while_holding_stdout_does_not_deadlock_with_a_fork() {
     starter.join().expect("starter");
     forker.join().expect("forker");
 }
+
+fn forty_two(_: ()) -> u32 {
+    42
+}
+
+fn panics(_: ()) -> u32 {
+    panic!("from a child started in a destructor")
+}
+
+/// What the starts from the destructor below saw: the returned value and the panic message.
+static SEEN_IN_DESTRUCTOR: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct StartsOnDrop;
+
+impl Drop for StartsOnDrop {
+    fn drop(&mut self) {
+        let ctx = Context::new(StartMethod::Fork);
+        let mut seen = Vec::new();
+        let mut p = ctx.process(forty_two, ());
+        p.start().unwrap();
+        seen.push(format!("{:?}", p.join_result()));
+        let mut p = ctx.process(panics, ());
+        p.start().unwrap();
+        seen.push(format!("{:?}", p.join_result().map_err(|e| e.to_string())));
+        *SEEN_IN_DESTRUCTOR.lock().unwrap() = seen;
+    }
+}
+
+thread_local! {
+    static STARTS_ON_DROP: StartsOnDrop = const { StartsOnDrop };
+}
+
+/// A fork start from a thread-local's destructor, after other thread-locals of this thread
+/// (multiproc's own among them, registered by an earlier start) are gone: the child runs,
+/// returns and panics as anywhere else.
+#[multiproc::test]
+fn a_fork_start_from_a_thread_local_destructor_works() {
+    std::thread::spawn(|| {
+        let ctx = Context::new(StartMethod::Fork);
+        // Made first: its encoding registers some of multiproc's thread-locals before the
+        // destructor's (so they are destroyed after it)...
+        let mut p = ctx.process(forty_two, ());
+        STARTS_ON_DROP.with(|_| ());
+        // ...the start registers the rest after it (destroyed before it runs).
+        p.start().unwrap();
+        assert_eq!(p.join_result().unwrap(), 42);
+    })
+    .join()
+    .unwrap();
+    let seen = SEEN_IN_DESTRUCTOR.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], "Ok(42)");
+    assert!(
+        seen[1].contains("from a child started in a destructor"),
+        "{seen:?}"
+    );
+}

@@ -60,8 +60,8 @@ thread_local! {
 /// Registers this thread's descriptor scopes (see
 /// [`bootstrap::register_child_thread_locals`](crate::bootstrap::register_child_thread_locals)).
 pub(crate) fn register_thread_locals() {
-    OUTGOING.with(|_| ());
-    INCOMING.with(|_| ());
+    let _ = OUTGOING.try_with(|_| ());
+    let _ = INCOMING.try_with(|_| ());
 }
 
 /// Runs `f` (which encodes a value) in an outgoing scope; returns its result, the
@@ -106,7 +106,8 @@ fn outgoing<R>(mode: Mode, f: impl FnOnce() -> R) -> (R, Outgoing) {
 /// Records that a tracked segment was just encoded (counted in transit), if an outgoing
 /// scope is open.
 pub(crate) fn note_transit(transit: Transit) {
-    OUTGOING.with(|o| {
+    // (Thread-locals that are gone: no scope, see `scoped`.)
+    let _ = OUTGOING.try_with(|o| {
         if let Some(s) = o.borrow_mut().as_mut() {
             s.transits.push(transit);
         }
@@ -122,6 +123,10 @@ pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
 /// Runs `f` with `scope` as the current scope of `key`, then restores the outer one (even if
 /// `f` panics, as a user's `Serialize` may, so no scope is left behind to swallow later
 /// descriptors); returns `f`'s result and the scope as `f` left it.
+///
+/// On a thread whose thread-locals are being destroyed (a start or a send from a
+/// thread-local's destructor, or a fork child of such a thread) `f` runs without a scope: a
+/// descriptor then fails to encode or decode, as outside any scope.
 fn scoped<T: 'static, R>(
     key: &'static LocalKey<RefCell<Option<T>>>,
     scope: T,
@@ -134,18 +139,23 @@ fn scoped<T: 'static, R>(
     impl<T> Drop for Restore<T> {
         fn drop(&mut self) {
             if let Some(outer) = self.outer.take() {
-                self.key.with(|k| *k.borrow_mut() = outer);
+                let _ = self.key.try_with(|k| *k.borrow_mut() = outer);
             }
         }
     }
-    let outer = key.with(|k| k.borrow_mut().replace(scope));
+    let Ok(outer) = key.try_with(|k| k.borrow_mut().replace(scope)) else {
+        return (f(), None);
+    };
     let mut restore = Restore {
         key,
         outer: Some(outer),
     };
     let r = f();
     let outer = restore.outer.take().unwrap_or_default();
-    let inner = key.with(|k| std::mem::replace(&mut *k.borrow_mut(), outer));
+    let inner = key
+        .try_with(|k| std::mem::replace(&mut *k.borrow_mut(), outer))
+        .ok()
+        .flatten();
     (r, inner)
 }
 
@@ -231,35 +241,38 @@ impl<'de> Deserialize<'de> for Descriptor {
 /// scope is open, not full, and does not ask for names. Such objects ride with their
 /// descriptor when they can, and by name otherwise.
 pub(crate) fn segment_carries_fd() -> bool {
-    OUTGOING.with(|o| {
-        o.borrow()
-            .as_ref()
-            .is_some_and(|s| s.mode == Mode::Fds && s.fds.len() < MAX_PER_MESSAGE)
-    })
+    OUTGOING
+        .try_with(|o| {
+            o.borrow()
+                .as_ref()
+                .is_some_and(|s| s.mode == Mode::Fds && s.fds.len() < MAX_PER_MESSAGE)
+        })
+        .unwrap_or(false)
 }
 
 /// Whether a value encoded now can carry one more descriptor at all (an outgoing scope is
 /// open and not full): what an object that exists only as descriptors (a queue's sockets)
 /// asks before it tries.
 pub(crate) fn can_carry_fd() -> bool {
-    OUTGOING.with(|o| {
-        o.borrow()
-            .as_ref()
-            .is_some_and(|s| s.mode != Mode::NoFds && s.fds.len() < MAX_PER_MESSAGE)
-    })
+    OUTGOING
+        .try_with(|o| {
+            o.borrow()
+                .as_ref()
+                .is_some_and(|s| s.mode != Mode::NoFds && s.fds.len() < MAX_PER_MESSAGE)
+        })
+        .unwrap_or(false)
 }
 
 /// Encodes `fd` as an index into the current outgoing scope (after duplicating it there).
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
-    let index = OUTGOING.with(|o| -> Result<u32, String> {
+    const NO_SCOPE: &str = "a descriptor (a Connection, a Descriptor) can only be sent through \
+                            multiproc with its default codec, over a Unix socket";
+    let index = OUTGOING.try_with(|o| -> Result<u32, String> {
         let mut o = o.borrow_mut();
         let list = &mut o
             .as_mut()
             .filter(|s| s.mode != Mode::NoFds)
-            .ok_or(
-                "a descriptor (a Connection, a Descriptor) can only be sent through \
-                     multiproc with its default codec, over a Unix socket",
-            )?
+            .ok_or(NO_SCOPE)?
             .fds;
         if list.len() >= MAX_PER_MESSAGE {
             return Err(format!(
@@ -272,7 +285,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
         list.push(dup);
         Ok((list.len() - 1) as u32)
     });
-    match index {
+    match index.unwrap_or_else(|_| Err(NO_SCOPE.to_owned())) {
         Ok(i) => s.serialize_u32(i),
         Err(msg) => Err(crate::codec::ser_error(msg)),
     }
@@ -281,15 +294,16 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S:
 /// Decodes an index and takes that descriptor from the current incoming scope.
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(d)? as usize;
-    INCOMING.with(|i| {
-        let mut i = i.borrow_mut();
-        let table = i.as_mut().ok_or_else(|| {
-            crate::codec::de_error("a descriptor can only be received through multiproc")
-        })?;
-        table.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            crate::codec::de_error(format!("descriptor {index} missing from the message"))
+    const NO_SCOPE: &str = "a descriptor can only be received through multiproc";
+    INCOMING
+        .try_with(|i| {
+            let mut i = i.borrow_mut();
+            let table = i.as_mut().ok_or_else(|| crate::codec::de_error(NO_SCOPE))?;
+            table.get_mut(index).and_then(Option::take).ok_or_else(|| {
+                crate::codec::de_error(format!("descriptor {index} missing from the message"))
+            })
         })
-    })
+        .unwrap_or_else(|_| Err(crate::codec::de_error(NO_SCOPE)))
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ fn own_custom<T>(
 /// Registers this thread's kept error text (see
 /// [`bootstrap::register_child_thread_locals`](crate::bootstrap::register_child_thread_locals)).
 pub(crate) fn register_thread_locals() {
-    CUSTOM.with(|_| ());
+    let _ = CUSTOM.try_with(|_| ());
     fds::register_thread_locals();
 }
 

@@ -186,7 +186,8 @@ extern "C" fn at_exit() {
 /// In a fork child, with the registry lock still held from before the fork: forget the
 /// parent's children. Their descriptors are neutralized (pointed at /dev/null) rather than
 /// closed, because copies of the parent's handles still own the numbers; the reaper thread
-/// did not survive the fork, so its epoll set is dropped the same way.
+/// did not survive the fork, so its epoll set is neutralized the same way, and forgotten with
+/// the thread's handle.
 pub(crate) fn after_fork_in_child(reg: &mut Registry) {
     for child in reg.children.values() {
         for fd in child.raw_fds() {
