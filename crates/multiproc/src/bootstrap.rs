@@ -449,12 +449,7 @@ pub(crate) fn run_child(
             // The record is this panic's only if it says the same (`resume_unwind` does not
             // run the hook, so a record can be of an earlier, caught panic).
             let message = panic_message(payload.as_ref());
-            let location = LAST_PANIC
-                .try_with(|p| p.borrow_mut().take())
-                .ok()
-                .flatten()
-                .filter(|(recorded, _)| *recorded == message)
-                .and_then(|(_, location)| location);
+            let location = recorded_location(&message);
             report_panic(message, location);
             1
         }
@@ -477,13 +472,19 @@ pub(crate) fn caught_panic(payload: Box<dyn std::any::Any + Send>) -> (String, O
     // Caught: the slot must not tell a later abort's story with this panic.
     clear_panic_slot();
     let message = panic_message(payload.as_ref());
-    let location = LAST_PANIC
+    let location = recorded_location(&message);
+    (message, location)
+}
+
+/// Takes the hook's record of the latest panic on this thread: its location, if the record
+/// is of this panic (it says the same `message`).
+fn recorded_location(message: &str) -> Option<String> {
+    LAST_PANIC
         .try_with(|p| p.borrow_mut().take())
         .ok()
         .flatten()
-        .filter(|(recorded, _)| *recorded == message)
-        .and_then(|(_, location)| location);
-    (message, location)
+        .filter(|(recorded, _)| recorded == message)
+        .and_then(|(_, location)| location)
 }
 
 /// Ends a child process: CPython's rule for its own children, flush, `_exit`.
