@@ -32,6 +32,8 @@ fn keep_pair((shm, _): (SharedMemory, Refuses)) -> usize {
     shm.size()
 }
 
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
 /// A fresh segment and its name.
 fn segment() -> (SharedMemory, String) {
     let shm = SharedMemory::create(64).unwrap();
@@ -62,12 +64,19 @@ fn arguments_that_fail_to_encode_let_go_of_the_segment_before_them() {
     drop(p);
 }
 
+/// A child started with `method` and a fresh segment as its argument; the segment and its
+/// name.
+fn started_with_segment(method: &str) -> (Process<usize>, SharedMemory, String) {
+    let (shm, name) = segment();
+    let mut p = get_context(method).unwrap().process(keep, shm.clone());
+    p.start().unwrap();
+    (p, shm, name)
+}
+
 #[multiproc::test]
 fn a_child_killed_before_or_after_decoding_its_arguments_lets_go_of_them() {
-    for method in ["fork", "spawn", "forkserver"] {
-        let (shm, name) = segment();
-        let mut p = get_context(method).unwrap().process(keep, shm.clone());
-        p.start().unwrap();
+    for method in METHODS {
+        let (p, shm, name) = started_with_segment(method);
         // Usually before the child has decoded its arguments (spawn and forkserver take a
         // while to get there); either way the segment must go with the last handle.
         p.kill().unwrap();
@@ -84,10 +93,8 @@ fn a_child_killed_before_or_after_decoding_its_arguments_lets_go_of_them() {
 
 #[multiproc::test]
 fn a_child_that_ran_lets_go_of_its_arguments_too() {
-    for method in ["fork", "spawn", "forkserver"] {
-        let (shm, name) = segment();
-        let mut p = get_context(method).unwrap().process(keep, shm.clone());
-        p.start().unwrap();
+    for method in METHODS {
+        let (mut p, shm, name) = started_with_segment(method);
         assert!(p.join_timeout(LONG).unwrap(), "{method}: child did not end");
         assert_eq!(p.join_result().unwrap(), 64);
         drop(shm);
@@ -104,14 +111,21 @@ fn make_and_return(mut conn: Connection<String>) -> SharedMemory {
     shm
 }
 
+/// A child started with `method` that made a segment and returned it, ended; the segment's
+/// name.
+fn ended_returning_segment(method: &str) -> (Process<SharedMemory>, String) {
+    let (mut here, there) = pipe::<String>(true).unwrap();
+    let mut p = get_context(method).unwrap().process(make_and_return, there);
+    p.start().unwrap();
+    let name = here.recv_timeout(LONG).unwrap();
+    assert!(p.join_timeout(LONG).unwrap(), "{method}: child did not end");
+    (p, name)
+}
+
 #[multiproc::test]
 fn a_result_never_taken_lets_go_of_its_segment() {
-    for method in ["fork", "spawn", "forkserver"] {
-        let (mut here, there) = pipe::<String>(true).unwrap();
-        let mut p = get_context(method).unwrap().process(make_and_return, there);
-        p.start().unwrap();
-        let name = here.recv_timeout(LONG).unwrap();
-        assert!(p.join_timeout(LONG).unwrap(), "{method}: child did not end");
+    for method in METHODS {
+        let (p, name) = ended_returning_segment(method);
         assert!(shm_exists(&name), "{method}: the result still holds {name}");
         // Never taken: the segment goes with the handle that holds the result.
         drop(p);
@@ -124,12 +138,8 @@ fn a_result_never_taken_lets_go_of_its_segment() {
 
 #[multiproc::test]
 fn a_result_taken_holds_its_segment_until_dropped() {
-    for method in ["fork", "spawn", "forkserver"] {
-        let (mut here, there) = pipe::<String>(true).unwrap();
-        let mut p = get_context(method).unwrap().process(make_and_return, there);
-        p.start().unwrap();
-        let name = here.recv_timeout(LONG).unwrap();
-        assert!(p.join_timeout(LONG).unwrap(), "{method}: child did not end");
+    for method in METHODS {
+        let (mut p, name) = ended_returning_segment(method);
         let shm = p.join_result().unwrap();
         drop(p);
         assert_eq!(shm.name(), name);

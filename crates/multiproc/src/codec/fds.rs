@@ -88,19 +88,19 @@ pub(crate) fn encoding_without_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<Transit>
     (r, scope.transits)
 }
 
+impl Outgoing {
+    fn new(mode: Mode) -> Self {
+        Self {
+            fds: Vec::new(),
+            mode,
+            transits: Vec::new(),
+        }
+    }
+}
+
 fn outgoing<R>(mode: Mode, f: impl FnOnce() -> R) -> (R, Outgoing) {
-    let scope = Outgoing {
-        fds: Vec::new(),
-        mode,
-        transits: Vec::new(),
-    };
-    let (r, scope) = scoped(&OUTGOING, scope, f);
-    let scope = scope.unwrap_or(Outgoing {
-        fds: Vec::new(),
-        mode,
-        transits: Vec::new(),
-    });
-    (r, scope)
+    let (r, scope) = scoped(&OUTGOING, Outgoing::new(mode), f);
+    (r, scope.unwrap_or_else(|| Outgoing::new(mode)))
 }
 
 /// Records that a tracked segment was just encoded (counted in transit), if an outgoing

@@ -80,9 +80,12 @@ struct Spin {
 
 impl Spin {
     fn new() -> Self {
-        let pinned = sys::cpus_allowed() == 1;
+        Self::with(sys::machine_cpus() > 1, sys::cpus_allowed() == 1)
+    }
+
+    fn with(enabled: bool, pinned: bool) -> Self {
         Self {
-            enabled: sys::machine_cpus() > 1,
+            enabled,
             pinned,
             // A pinned process starts as a probe: one miss turns it off (its peer may well
             // share its CPU).
@@ -678,13 +681,7 @@ mod tests {
     use super::*;
 
     fn spin(pinned: bool) -> Spin {
-        Spin {
-            enabled: true,
-            pinned,
-            misses: if pinned { SPIN_MISSES_OFF - 1 } else { 0 },
-            rest: 0,
-            next_rest: SPIN_REST,
-        }
+        Spin::with(true, pinned)
     }
 
     /// Receives until the next spin; how many slept without trying.

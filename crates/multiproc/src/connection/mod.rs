@@ -304,6 +304,12 @@ impl<T, C: Codec> Connection<T, C> {
         self.end.as_ref().ok_or(ConnectionError::Closed)
     }
 
+    /// Whether a value sent now can carry descriptors (a Unix socket, and a codec that
+    /// carries them): see `encode_for`.
+    fn carries_fds(&self) -> Result<bool, ConnectionError> {
+        Ok(self.writing()?.carries_fds && C::CARRIES_DESCRIPTORS)
+    }
+
     /// After an error that leaves the stream out of step, reading is over (CPython closes a
     /// read-only connection there and makes a duplex one unreadable).
     fn after_read_error(&mut self, e: &ConnectionError) {
@@ -898,7 +904,7 @@ impl<T: Serialize, C: Codec> Connection<T, C> {
     where
         T: 'a,
     {
-        let carries_fds = self.writing()?.carries_fds && C::CARRIES_DESCRIPTORS;
+        let carries_fds = self.carries_fds()?;
         let mut one = Vec::new();
         let mut batch = Batch::new(self, deadline)?;
         for value in values {
@@ -1065,7 +1071,7 @@ impl<T, C: Codec> Connection<T, C> {
     ) -> Result<(), ConnectionError> {
         // Only a Unix socket carries descriptors: over TCP a value with a Descriptor fails to
         // encode, and shared objects travel by name.
-        let carries_fds = self.writing()?.carries_fds && C::CARRIES_DESCRIPTORS;
+        let carries_fds = self.carries_fds()?;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
         let (encoded, fds, transits) = encode_for::<_, C>(carries_fds, value, &mut buf);

@@ -47,13 +47,25 @@ struct State {
     arg_transits: Vec<Transit>,
 }
 
+impl State {
+    /// The arguments' transits, once the child has ended (they are no longer in transit);
+    /// none before.
+    fn arg_transits_if_ended(&mut self) -> Vec<Transit> {
+        if self.exit.is_some() {
+            std::mem::take(&mut self.arg_transits)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
-        // A result never taken: nothing will decode the segments in it.
+        // A result never taken: nothing will decode the segments in it. (The arguments'
+        // transits went when the end was seen, which a record is never dropped before.)
         if let Some(Outcome::Returned(_, transits)) = &self.outcome {
             Segment::take_back_transits(transits);
         }
-        Segment::take_back_transits(&self.arg_transits);
     }
 }
 
@@ -149,11 +161,9 @@ impl ChildShared {
         }
         let mut st = self.lock();
         st.arg_transits = transits;
-        if st.exit.is_some() {
-            let transits = std::mem::take(&mut st.arg_transits);
-            drop(st);
-            Segment::take_back_transits(&transits);
-        }
+        let ended = st.arg_transits_if_ended();
+        drop(st);
+        Segment::take_back_transits(&ended);
     }
 
     /// The exit status if the child has ended (reaping it if needed); never blocks.
@@ -163,15 +173,9 @@ impl ChildShared {
             self.collect_exit(&mut st);
         }
         let exit = st.exit;
-        // The first time the end is seen: the arguments' segments are no longer in transit.
-        let transits = match exit {
-            Some(_) if !st.arg_transits.is_empty() => std::mem::take(&mut st.arg_transits),
-            _ => Vec::new(),
-        };
+        let ended = st.arg_transits_if_ended();
         drop(st);
-        if !transits.is_empty() {
-            Segment::take_back_transits(&transits);
-        }
+        Segment::take_back_transits(&ended);
         exit
     }
 

@@ -95,10 +95,9 @@ pub struct Process<R = ()> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        // Never started: no child will decode the arguments.
-        if !self.arg_transits.is_empty() {
-            Segment::take_back_transits(&self.arg_transits);
-        }
+        // Never started (`start` hands them to the child's record): no child will decode
+        // the arguments.
+        Segment::take_back_transits(&self.arg_transits);
     }
 }
 
